@@ -1,0 +1,454 @@
+"""Lazy trace reader: opening reads the event index only, never tensor data.
+
+Every way a file can be wrong surfaces as a TraceError naming the file. Files still being
+written, or left by a killed recording, are opened in SWMR read mode; ``complete`` says
+whether the END event is there.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ._dtypes import decode_values, dtype_info
+from ._errors import (
+    IntegrityError,
+    NotATraceError,
+    TraceError,
+    TraceFormatError,
+    TraceNotFoundError,
+    UnsafeTraceError,
+    UnsupportedVersionError,
+    UsageError,
+)
+from ._layout import (
+    BATCH_STAT_COLUMNS,
+    BATCH_STATS,
+    BLOBS,
+    EVENT_ROW,
+    EVENTS,
+    FLAG_PAYLOAD,
+    FLAG_REQUIRES_GRAD,
+    FLAG_SUMMARY,
+    FORMAT_MAJOR,
+    FORMAT_NAME,
+    HEAP,
+    MAX_BATCH_STATS,
+    MAX_ELEMENTS,
+    MAX_NDIM,
+    REQUIRED_DATASETS,
+    TENSOR_ROW,
+    TENSORS,
+    EventKind,
+)
+from ._records import BackwardRecord, CallRecord, ParamGradsRecord, RunInfo, StepRecord, TensorInfo
+from ._summary import TensorSummary
+from ._tree import MAX_BLOB_BYTES, unpack_blob
+
+__all__ = ["TraceReader", "open_trace", "open_hdf5"]
+
+_ROW_BLOCK = 1024
+
+
+def open_hdf5(path: str | Path) -> tuple[h5py.File, bool]:
+    """Open an HDF5 file for reading, falling back to SWMR mode for live or killed recordings.
+
+    Returns the file and whether SWMR mode was needed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise TraceNotFoundError("no such file", path=p)
+    if p.is_dir():
+        raise NotATraceError("is a directory, not a trace file", path=p)
+    try:
+        if not h5py.is_hdf5(p):
+            raise NotATraceError("not an HDF5 file (no HDF5 signature)", path=p)
+    except OSError as exc:
+        raise TraceError(f"cannot read ({exc.strerror or exc})", path=p) from None
+    try:
+        return h5py.File(p, "r"), False
+    except OSError as exc:
+        first = str(exc)
+    try:
+        return h5py.File(p, "r", libver="latest", swmr=True), True
+    except OSError:
+        pass
+    reason = first.split("(")[-1].rstrip(")") if "(" in first else first
+    raise TraceFormatError(f"HDF5 file is truncated or corrupt ({reason.strip()})", path=p)
+
+
+def check_safe(f: h5py.File, path: str | Path) -> None:
+    """Refuse links, virtual datasets and external storage anywhere in the file."""
+    problems: list[str] = []
+
+    def visit(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            full = f"{prefix}/{name}"
+            if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                problems.append(f"{full} is a {type(link).__name__}, which readers must not follow")
+                continue
+            obj = group.get(name)
+            if isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    problems.append(f"{full} is a virtual dataset, which readers must not follow")
+                elif obj.external:
+                    problems.append(f"{full} stores its data in external files")
+            elif isinstance(obj, h5py.Group):
+                visit(obj, full)
+
+    visit(f, "")
+    if problems:
+        raise UnsafeTraceError(problems[0], path=path)
+
+
+def _attr_str(f: h5py.File, name: str) -> str | None:
+    v = f.attrs.get(name)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else None
+
+
+def _attr_int(f: h5py.File, name: str) -> int | None:
+    v = f.attrs.get(name)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return int(v)
+    return None
+
+
+class TraceReader:
+    """A trace opened for reading. Use ``open_trace``; close it (or use ``with``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file, self.swmr = open_hdf5(self.path)
+        try:
+            self._open()
+        except TraceError as exc:
+            self._file.close()
+            if exc.path is None:
+                exc.path = str(self.path)
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            self._file.close()
+            raise TraceFormatError(f"unreadable trace structure ({exc})", path=self.path) from None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        f = self._file
+        if _attr_str(f, "format") != FORMAT_NAME:
+            raise NotATraceError(f"HDF5 file without the {FORMAT_NAME!r} format attribute")
+        major, minor = _attr_int(f, "format_major"), _attr_int(f, "format_minor")
+        if major is None or minor is None:
+            raise TraceFormatError("format_major/format_minor attributes missing or not integers")
+        if major != FORMAT_MAJOR:
+            raise UnsupportedVersionError(
+                f"format version {major}.{minor} is not supported (this reader reads {FORMAT_MAJOR}.x)"
+                + ("; upgrade tensortrace" if major > FORMAT_MAJOR else "")
+            )
+        self.format_version = (major, minor)
+        self.producer = _attr_str(f, "producer") or ""
+        self.created = _attr_str(f, "created") or ""
+        self.compression = _attr_str(f, "compression") or "none"
+        check_safe(f, self.path)
+        for name in REQUIRED_DATASETS:
+            if not isinstance(f.get(name), h5py.Dataset):
+                raise TraceFormatError(f"required dataset /{name} is missing")
+        self._heap, self._blobs = f[HEAP], f[BLOBS]
+        self._tensors, self._batch, self._events_ds = f[TENSORS], f[BATCH_STATS], f[EVENTS]
+        for ds, want in ((self._heap, "u1"), (self._blobs, "u1")):
+            if ds.ndim != 1 or ds.dtype != np.dtype(want):
+                raise TraceFormatError(f"/{ds.name.strip('/')} must be a 1-D uint8 dataset")
+        if self._batch.ndim != 2 or self._batch.shape[1] != len(BATCH_STAT_COLUMNS):
+            raise TraceFormatError(f"/{BATCH_STATS} must have shape (N, {len(BATCH_STAT_COLUMNS)})")
+        for ds, row in ((self._tensors, TENSOR_ROW), (self._events_ds, EVENT_ROW)):
+            names = ds.dtype.names or ()
+            missing = [n for n in row.names if n not in names]
+            if ds.ndim != 1 or missing:
+                raise TraceFormatError(f"/{ds.name.strip('/')} lacks fields {missing or 'of its layout'}")
+        self._load_index()
+
+    def _load_index(self) -> None:
+        ev = np.asarray(self._events_ds[...])
+        self._event_rows = ev
+        self.n_tensors = int(self._tensors.shape[0])
+        self._blob_len = int(self._blobs.shape[0])
+        self._blob_cache: OrderedDict[int, Any] = OrderedDict()
+        self._row_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        if len(ev) == 0 or ev["kind"][0] != EventKind.RUN:
+            raise TraceFormatError("the first event is not the run event" if len(ev) else "no events recorded")
+        self.run = RunInfo.from_dict(self._blob(0))
+        self.modules = self.run.modules
+        self._module_by_path = {m.path: m for m in self.modules}
+        kinds = ev["kind"]
+        self.complete = bool(len(ev)) and int(kinds[-1]) == EventKind.END
+        self._call_events: dict[int, int] = {}
+        self._bwd_events: dict[int, int] = {}
+        self._step_events: dict[int, int] = {}
+        self._grad_events: dict[int, int] = {}
+        self.notes_events: list[int] = []
+        for i in np.flatnonzero(kinds == EventKind.CALL):
+            self._call_events[int(ev["call"][i])] = int(i)
+        for i in np.flatnonzero(kinds == EventKind.BACKWARD):
+            self._bwd_events[int(ev["call"][i])] = int(i)
+        for i in np.flatnonzero(kinds == EventKind.STEP):
+            self._step_events[int(ev["step"][i])] = int(i)
+        for i in np.flatnonzero(kinds == EventKind.PARAM_GRADS):
+            self._grad_events[int(ev["step"][i])] = int(i)
+        self.notes_events = [int(i) for i in np.flatnonzero(kinds == EventKind.NOTE)]
+        self.call_ids = sorted(self._call_events)
+        self.steps = sorted(self._step_events)
+        bwd = [(int(ev["blob_offset"][i]), c) for c, i in self._bwd_events.items()]
+        self._bwd_event_order = [c for _, c in sorted(bwd)]
+        self._call_module = {c: int(ev["module"][i]) for c, i in self._call_events.items()}
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _blob(self, event: int) -> Any:
+        cached = self._blob_cache.get(event)
+        if cached is not None:
+            self._blob_cache.move_to_end(event)
+            return cached
+        row = self._event_rows[event]
+        off, n = int(row["blob_offset"]), int(row["blob_nbytes"])
+        if n > MAX_BLOB_BYTES:
+            raise UnsafeTraceError(f"event {event} declares a {n}-byte blob, over the limit")
+        if off + n > self._blob_len:
+            raise TraceFormatError(f"event {event} points past the end of /{BLOBS} (file truncated?)")
+        data = self._blobs[off:off + n].tobytes()
+        if zlib.crc32(data) != int(row["blob_crc32"]):
+            raise IntegrityError(f"event {event}: blob checksum mismatch in /{BLOBS}[{off}:{off + n}]")
+        value = unpack_blob(data, what=f"event {event} blob")
+        if not isinstance(value, dict):
+            raise TraceFormatError(f"event {event} blob is not a map")
+        self._blob_cache[event] = value
+        if len(self._blob_cache) > 4096:
+            self._blob_cache.popitem(last=False)
+        return value
+
+    def event_count(self) -> int:
+        return len(self._event_rows)
+
+    def event_kind(self, event: int) -> EventKind:
+        return EventKind(int(self._event_rows["kind"][event]))
+
+    def event_body(self, event: int) -> dict:
+        return self._blob(event)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    @property
+    def n_calls(self) -> int:
+        return len(self._call_events)
+
+    def module_info(self, path: str) -> Any:
+        try:
+            return self._module_by_path[path]
+        except KeyError:
+            raise UsageError(f"no module {path!r} in this trace", path=self.path) from None
+
+    def call_module_index(self, call: int) -> int:
+        return self._call_module[call]
+
+    def call(self, call: int, *, backward: bool = True) -> CallRecord:
+        """The forward record of a call, with its backward record attached when recorded."""
+        try:
+            event = self._call_events[call]
+        except KeyError:
+            raise UsageError(f"no call {call} in this trace ({self.n_calls} calls)", path=self.path) from None
+        try:
+            rec = CallRecord.from_dict(self._blob(event))
+            if backward and call in self._bwd_events:
+                bwd = BackwardRecord.from_dict(self._blob(self._bwd_events[call]))
+                rec = _with_backward(rec, bwd)
+        except TraceFormatError as exc:
+            if exc.path is None:
+                exc.path = str(self.path)
+            raise
+        return rec
+
+    def calls(self, *, step: int | None = None, module: str | None = None) -> Iterator[CallRecord]:
+        """Calls in forward execution order, optionally of one step or one module path."""
+        mod_index = self.module_info(module).index if module is not None else None
+        for c in self.call_ids:
+            if mod_index is not None and self._call_module[c] != mod_index:
+                continue
+            if step is not None and int(self._event_rows["step"][self._call_events[c]]) != step:
+                continue
+            yield self.call(c)
+
+    def call_step(self, call: int) -> int:
+        return int(self._event_rows["step"][self._call_events[call]])
+
+    def backward_order(self) -> list[int]:
+        """Call ids in the order their backward ran."""
+        return list(self._bwd_event_order)
+
+    def has_backward(self, call: int) -> bool:
+        return call in self._bwd_events
+
+    def resolve_call(self, spec: str) -> int:
+        """A call by index (``12``), module path (its first call) or ``path#N`` (its N-th)."""
+        text = spec.strip()
+        if text.isdigit():
+            c = int(text)
+            if c not in self._call_events:
+                raise UsageError(f"no call {c} in this trace ({self.n_calls} calls)", path=self.path)
+            return c
+        path, _, nth = text.partition("#")
+        if path == "<root>":
+            path = ""
+        info = self.module_info(path)
+        want = int(nth) if nth.isdigit() else 0
+        seen = [c for c in self.call_ids if self._call_module[c] == info.index]
+        if want >= len(seen):
+            raise UsageError(f"module {path!r} has {len(seen)} calls, no #{want}", path=self.path)
+        return seen[want]
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def step_record(self, step: int) -> StepRecord:
+        if step not in self._step_events:
+            raise UsageError(f"no step {step} in this trace", path=self.path)
+        return StepRecord.from_dict(self._blob(self._step_events[step]))
+
+    def param_grads(self, step: int) -> ParamGradsRecord | None:
+        if step not in self._grad_events:
+            return None
+        return ParamGradsRecord.from_dict(self._blob(self._grad_events[step]))
+
+    def notes(self) -> list[str]:
+        return [str(self._blob(i).get("message", "")) for i in self.notes_events]
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def _row(self, tid: int) -> np.ndarray:
+        if not isinstance(tid, (int, np.integer)) or not 0 <= tid < self.n_tensors:
+            raise TraceFormatError(f"tensor id {tid} out of range (/{TENSORS} has {self.n_tensors} rows)",
+                                   path=self.path)
+        block = tid // _ROW_BLOCK
+        rows = self._row_cache.get(block)
+        if rows is None:
+            rows = np.asarray(self._tensors[block * _ROW_BLOCK:(block + 1) * _ROW_BLOCK])
+            self._row_cache[block] = rows
+            if len(self._row_cache) > 256:
+                self._row_cache.popitem(last=False)
+        return rows[tid - block * _ROW_BLOCK]
+
+    def tensor(self, tid: int) -> TensorInfo:
+        """Metadata and summary of one tensor; reads no payload."""
+        r = self._row(tid)
+        try:
+            name = bytes(r["dtype"]).rstrip(b"\0").decode("ascii")
+            info = dtype_info(name)
+        except (UnicodeDecodeError, TraceFormatError):
+            raise TraceFormatError(f"tensor {tid} has an unknown dtype {bytes(r['dtype'])!r}",
+                                   path=self.path) from None
+        ndim = int(r["ndim"])
+        if ndim > MAX_NDIM:
+            raise TraceFormatError(f"tensor {tid} has ndim {ndim} > {MAX_NDIM}", path=self.path)
+        shape = tuple(int(x) for x in r["shape"][:ndim])
+        numel = 1
+        for s in shape:
+            numel *= s
+            if numel > MAX_ELEMENTS:
+                raise UnsafeTraceError(f"tensor {tid} declares an absurd shape {shape}", path=self.path)
+        flags = int(r["flags"])
+        has_payload = bool(flags & FLAG_PAYLOAD)
+        nbytes, offset = int(r["nbytes"]), int(r["offset"])
+        if has_payload and nbytes != numel * info.itemsize:
+            raise TraceFormatError(
+                f"tensor {tid}: {nbytes} bytes stored for shape {shape} of {name}", path=self.path)
+        summary = None
+        if flags & FLAG_SUMMARY:
+            bo, bc = int(r["batch_offset"]), min(int(r["batch_count"]), MAX_BATCH_STATS)
+            batch = np.asarray(self._batch[bo:bo + bc]) if bc else np.zeros((0, len(BATCH_STAT_COLUMNS)))
+            summary = TensorSummary(
+                count=int(r["count"]), min=float(r["min"]), max=float(r["max"]),
+                mean=float(r["mean"]), std=float(r["std"]), nan=int(r["nan"]),
+                posinf=int(r["posinf"]), neginf=int(r["neginf"]), zeros=int(r["zeros"]),
+                hist=tuple(int(x) for x in r["hist"]), batch=batch,
+            )
+        return TensorInfo(tid, name, shape, tuple(int(x) for x in r["strides"][:ndim]), offset,
+                          nbytes, int(r["crc32"]), has_payload, bool(flags & FLAG_REQUIRES_GRAD),
+                          summary)
+
+    def read(self, tid: int, *, decode: bool = True, rows: slice | None = None,
+             verify: bool = False) -> np.ndarray:
+        """A tensor's values as a numpy array (C order, recorded shape).
+
+        ``decode`` widens bfloat16/float8 to float32 (else the stored unsigned view);
+        ``rows`` reads only a slice of the first dimension; ``verify`` checks the CRC-32.
+        """
+        info = self.tensor(tid)
+        if not info.has_payload:
+            raise UsageError(f"tensor {tid} has no stored values (recorded in stats mode)", path=self.path)
+        storage = np.dtype(dtype_info(info.dtype).storage)
+        start, stop, shape = 0, info.nbytes, info.shape
+        if rows is not None:
+            if not shape:
+                raise UsageError("a 0-d tensor has no rows to slice", path=self.path)
+            r0, r1, step = rows.indices(shape[0])
+            if step != 1:
+                raise UsageError("row slices must be contiguous", path=self.path)
+            r1 = max(r0, r1)
+            row_bytes = (info.nbytes // shape[0]) if shape[0] else 0
+            start, stop = r0 * row_bytes, r1 * row_bytes
+            shape = (r1 - r0, *shape[1:])
+        if info.offset + stop > self._heap.shape[0]:
+            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
+                                   path=self.path)
+        raw = np.asarray(self._heap[info.offset + start:info.offset + stop]) if stop > start else np.zeros(0, np.uint8)
+        if verify and rows is None and zlib.crc32(raw) != info.crc32:
+            raise IntegrityError(
+                f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
+                path=self.path)
+        arr = raw.view(storage).reshape(shape)
+        return decode_values(arr, info.dtype) if decode else arr
+
+    def verify_tensor(self, tid: int) -> None:
+        """Raise IntegrityError when a tensor's stored bytes do not match their CRC-32."""
+        info = self.tensor(tid)
+        if info.has_payload:
+            self.read(tid, decode=False, verify=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Pick up events appended since opening (a live recording in SWMR mode)."""
+        if not self.swmr:
+            return
+        for ds in (self._heap, self._blobs, self._tensors, self._batch, self._events_ds):
+            ds.refresh()
+        self._load_index()
+
+    @property
+    def bytes_stored(self) -> int:
+        return int(self._heap.shape[0])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _with_backward(rec: CallRecord, bwd: BackwardRecord) -> CallRecord:
+    from dataclasses import replace
+
+    return replace(rec, backward=bwd)
+
+
+def open_trace(path: str | Path) -> TraceReader:
+    """Open a trace for reading; raises a TraceError naming the file when it is not one."""
+    return TraceReader(path)

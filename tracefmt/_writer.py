@@ -1,0 +1,340 @@
+"""Streaming trace writer: appends tensors and events as they happen.
+
+Everything lands in five preallocated, extendable datasets, so the file can be switched to
+HDF5 SWMR mode right after creation: from then on a flushed prefix of the recording stays
+readable even if the process is killed. Tensors and blobs are staged in memory and written
+in few large slices at ``flush()``; events are written last, so an event on disk never
+refers to data that is not.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ._dtypes import decode_values, dtype_info, encode_values
+from ._errors import TraceWriteError, UsageError
+from ._layout import (
+    BATCH_STAT_COLUMNS,
+    BATCH_STATS,
+    BLOBS,
+    EVENT_ROW,
+    EVENTS,
+    FLAG_PAYLOAD,
+    FLAG_REQUIRES_GRAD,
+    FLAG_SUMMARY,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    FORMAT_NAME,
+    HEAP,
+    HIST_BINS,
+    MAX_BATCH_STATS,
+    MAX_NDIM,
+    TENSOR_ROW,
+    TENSORS,
+    EventKind,
+)
+from ._records import RunInfo
+from ._summary import TensorSummary, compute_summary
+from ._tree import pack_blob
+
+__all__ = ["TraceWriter", "COMPRESSIONS"]
+
+COMPRESSIONS = ("none", "gzip", "lzf")
+_JOIN_BELOW = 1 << 20
+
+
+def _producer() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"tensortrace {version('tensortrace')}"
+    except Exception:
+        return "tensortrace"
+
+
+class TraceWriter:
+    """Append-only writer of one trace file (format 1.0).
+
+    Not thread-safe: use it from one thread (the recorder's writer thread).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        producer: str | None = None,
+        compression: str = "none",
+        flush_bytes: int = 64 << 20,
+        swmr: bool = True,
+    ) -> None:
+        if compression not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {compression!r}; choose from {COMPRESSIONS}")
+        self.path = Path(path)
+        self._flush_bytes = flush_bytes
+        try:
+            self._file = h5py.File(self.path, "w", libver="latest", track_order=True)
+        except OSError as exc:
+            raise TraceWriteError(f"cannot create trace ({_reason(exc)})", path=self.path) from None
+        f = self._file
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_major"] = np.int64(FORMAT_MAJOR)
+        f.attrs["format_minor"] = np.int64(FORMAT_MINOR)
+        f.attrs["producer"] = producer or _producer()
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["compression"] = compression
+        filt: dict[str, Any] = {}
+        if compression == "gzip":
+            filt = {"compression": "gzip", "compression_opts": 4}
+        elif compression == "lzf":
+            filt = {"compression": "lzf"}
+        self._heap = f.create_dataset(HEAP, (0,), maxshape=(None,), dtype="u1", chunks=(1 << 20,), **filt)
+        self._blobs = f.create_dataset(BLOBS, (0,), maxshape=(None,), dtype="u1", chunks=(1 << 16,))
+        self._tensors = f.create_dataset(TENSORS, (0,), maxshape=(None,), dtype=TENSOR_ROW, chunks=(1024,))
+        ncol = len(BATCH_STAT_COLUMNS)
+        self._batch = f.create_dataset(BATCH_STATS, (0, ncol), maxshape=(None, ncol), dtype="<f8", chunks=(4096, ncol))
+        self._events = f.create_dataset(EVENTS, (0,), maxshape=(None,), dtype=EVENT_ROW, chunks=(1024,))
+        if swmr:
+            f.swmr_mode = True
+        self._heap_len = self._blob_len = self._n_tensors = self._batch_len = self._n_events = 0
+        self._staged_heap: list[np.ndarray] = []
+        self._staged_heap_bytes = 0
+        self._staged_blobs: list[bytes] = []
+        self._staged_tensors: list[tuple] = []
+        self._staged_batch: list[np.ndarray] = []
+        self._staged_events: list[tuple] = []
+        self._closed = False
+        self.bytes_written = 0
+        self.counts: dict[EventKind, int] = {k: 0 for k in EventKind}
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def add_tensor(
+        self,
+        data: np.ndarray | None,
+        *,
+        dtype: str | None = None,
+        shape: tuple[int, ...] | None = None,
+        strides: tuple[int, ...] | None = None,
+        summary: TensorSummary | None | str = "auto",
+        requires_grad: bool = False,
+    ) -> int:
+        """Stage one tensor and return its id.
+
+        ``data`` holds the values in C order (for bfloat16/float8, their same-width unsigned
+        bits); ``None`` records metadata and summary only (stats mode). ``summary="auto"``
+        computes it with numpy. The array is kept by reference until the next flush.
+        """
+        if data is not None:
+            name = dtype or _numpy_name(data.dtype)
+            stored = encode_values(np.asarray(data), name)
+            shape = tuple(stored.shape) if shape is None else tuple(shape)
+        else:
+            if dtype is None or shape is None:
+                raise UsageError("a tensor without data needs dtype and shape")
+            name, stored = dtype, None
+        info = dtype_info(name)
+        if len(shape) > MAX_NDIM:
+            raise UsageError(f"tensors of rank {len(shape)} exceed the format's limit of {MAX_NDIM}")
+        if summary == "auto":
+            if stored is None:
+                raise UsageError("summary='auto' needs data")
+            summary = compute_summary(decode_values(stored, name))
+        flags = (FLAG_SUMMARY if summary is not None else 0) | (FLAG_REQUIRES_GRAD if requires_grad else 0)
+        offset = nbytes = crc = 0
+        if stored is not None:
+            raw = stored.reshape(-1).view(np.uint8)
+            nbytes = raw.size
+            if nbytes != int(np.prod(shape, dtype=np.int64)) * info.itemsize:
+                raise UsageError(f"data of {nbytes} bytes does not match shape {shape} of {name}")
+            flags |= FLAG_PAYLOAD
+            offset = self._heap_len + self._staged_heap_bytes
+            crc = zlib.crc32(raw)
+            self._staged_heap.append(raw)
+            self._staged_heap_bytes += nbytes
+        batch_offset = batch_count = 0
+        if summary is not None and len(summary.batch):
+            rows = np.asarray(summary.batch[:MAX_BATCH_STATS], dtype=np.float64)
+            batch_offset = self._batch_len + sum(len(b) for b in self._staged_batch)
+            batch_count = len(rows)
+            self._staged_batch.append(rows)
+        pad = MAX_NDIM - len(shape)
+        st = tuple(strides) if strides is not None else _c_strides(shape)
+        s = summary
+        self._staged_tensors.append((
+            offset, nbytes, name.encode(), len(shape), flags,
+            tuple(shape) + (0,) * pad, tuple(st) + (0,) * pad, crc,
+            *(
+                (s.min, s.max, s.mean, s.std, s.count, s.nan, s.posinf, s.neginf, s.zeros, s.hist)
+                if s is not None
+                else (np.nan, np.nan, np.nan, np.nan, 0, 0, 0, 0, 0, (0,) * HIST_BINS)
+            ),
+            batch_offset, batch_count,
+        ))
+        tid = self._n_tensors + len(self._staged_tensors) - 1
+        if self._staged_heap_bytes >= self._flush_bytes:
+            self._write_staged(events=False)
+        return tid
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_event(self, kind: EventKind, body: Mapping[str, Any], *, step: int = -1,
+                  call: int = -1, module: int = -1) -> int:
+        """Stage one event with its msgpack body; returns the event's row index."""
+        if self._closed:
+            raise UsageError("the trace writer is closed", path=self.path)
+        blob = pack_blob(dict(body))
+        offset = self._blob_len + sum(len(b) for b in self._staged_blobs)
+        self._staged_blobs.append(blob)
+        self._staged_events.append((int(kind), step, call, module, offset, len(blob), zlib.crc32(blob)))
+        self.counts[EventKind(kind)] += 1
+        return self._n_events + len(self._staged_events) - 1
+
+    def write_run(self, run: RunInfo) -> None:
+        if self._n_events or self._staged_events:
+            raise UsageError("the run event must be the first event")
+        self.add_event(EventKind.RUN, run.to_dict())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything staged and make it durable for readers (SWMR flush)."""
+        self._write_staged(events=True)
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise TraceWriteError(f"flush failed ({_reason(exc)})", path=self.path) from None
+
+    def close(self, *, complete: bool = True) -> None:
+        """Flush; with ``complete`` also write the END event that marks a whole recording."""
+        if self._closed:
+            return
+        try:
+            if complete:
+                self.add_event(EventKind.END, {
+                    "events": self._n_events + len(self._staged_events) + 1,
+                    "calls": self.counts[EventKind.CALL],
+                    "steps": self.counts[EventKind.STEP],
+                })
+            self.flush()
+        finally:
+            self._closed = True
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
+    def abandon(self) -> None:
+        """Close without the END marker, keeping what was flushed (used after errors)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.flush()
+            except Exception:
+                pass
+            self.abandon()
+
+    @property
+    def n_tensors(self) -> int:
+        return self._n_tensors + len(self._staged_tensors)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _write_staged(self, *, events: bool) -> None:
+        try:
+            self._write_heap()
+            if self._staged_tensors:
+                rows = np.array(self._staged_tensors, dtype=TENSOR_ROW)
+                self._append(self._tensors, rows, self._n_tensors)
+                self._n_tensors += len(rows)
+                self._staged_tensors.clear()
+            if self._staged_batch:
+                rows = np.concatenate(self._staged_batch)
+                self._append(self._batch, rows, self._batch_len)
+                self._batch_len += len(rows)
+                self._staged_batch.clear()
+            if events and self._staged_events:
+                blob = b"".join(self._staged_blobs)
+                self._append(self._blobs, np.frombuffer(blob, np.uint8), self._blob_len)
+                self._blob_len += len(blob)
+                self._staged_blobs.clear()
+                rows = np.array(self._staged_events, dtype=EVENT_ROW)
+                self._append(self._events, rows, self._n_events)
+                self._n_events += len(rows)
+                self._staged_events.clear()
+        except OSError as exc:
+            raise TraceWriteError(f"write failed ({_reason(exc)}); data flushed before is kept",
+                                  path=self.path) from None
+
+    def _write_heap(self) -> None:
+        if not self._staged_heap:
+            return
+        start = self._heap_len
+        self._heap.resize((start + self._staged_heap_bytes,))
+        pos = start
+        group: list[np.ndarray] = []
+        group_bytes = 0
+        for raw in self._staged_heap:
+            if raw.size >= _JOIN_BELOW:
+                if group:
+                    self._heap[pos:pos + group_bytes] = np.concatenate(group)
+                    pos += group_bytes
+                    group, group_bytes = [], 0
+                self._heap[pos:pos + raw.size] = raw
+                pos += raw.size
+            else:
+                group.append(raw)
+                group_bytes += raw.size
+        if group:
+            self._heap[pos:pos + group_bytes] = np.concatenate(group)
+            pos += group_bytes
+        self.bytes_written += pos - start
+        self._heap_len = pos
+        self._staged_heap.clear()
+        self._staged_heap_bytes = 0
+
+    @staticmethod
+    def _append(ds: h5py.Dataset, rows: np.ndarray, start: int) -> None:
+        ds.resize((start + len(rows),) + ds.shape[1:])
+        ds[start:start + len(rows)] = rows
+
+
+def _numpy_name(dt: np.dtype) -> str:
+    name = {"?": "bool"}.get(dt.char, dt.name)
+    dtype_info(name)
+    return name
+
+
+def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _reason(exc: OSError) -> str:
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space" in str(exc):
+        return "disk full"
+    if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return str(exc).split("\n")[0]
