@@ -9,6 +9,7 @@ refers to data that is not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import zlib
@@ -226,19 +227,15 @@ class TraceWriter:
             self.flush()
         finally:
             self._closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
 
     def abandon(self) -> None:
         """Close without the END marker, keeping what was flushed (used after errors)."""
         if not self._closed:
             self._closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -247,10 +244,8 @@ class TraceWriter:
         if exc_type is None:
             self.close()
         else:
-            try:
+            with contextlib.suppress(Exception):
                 self.flush()
-            except Exception:
-                pass
             self.abandon()
 
     @property
