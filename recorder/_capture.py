@@ -1,0 +1,129 @@
+"""Turning live tensors into tensor ids: snapshot, deduplicate, hand to the writer.
+
+A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
+tensors are cloned; CUDA tensors are cloned on the compute stream (fast, device memory)
+and copied to pinned host memory on a side stream, so the compute stream never waits for
+the host. The same tensor seen twice in a step (a module's output is the next module's
+input) is stored once: the key is storage pointer, offset, shape, strides, dtype and
+version counter, validated by a weak reference to the first tensor so recycled memory is
+never mistaken for the same data.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._sink import TensorItem, WriterThread
+from ._summary import summary_vector, unpack_summary
+from ._torchio import dtype_name, to_numpy
+
+__all__ = ["TensorCapture"]
+
+
+class TensorCapture:
+    """Captures tensors for one recording; ``mode`` is "full" or "stats"."""
+
+    def __init__(self, sink: WriterThread, *, mode: str = "full") -> None:
+        self.sink = sink
+        self.mode = mode
+        self._seen: dict[tuple, tuple[weakref.ref, int]] = {}
+        self._side_streams: dict[torch.device, Any] = {}
+        self._pending_stats: list[tuple[torch.Tensor, list[Any]]] = []
+        self._stats_ready = threading.Event()
+        self._alive: list[torch.Tensor] = []
+        self.captured = 0
+        self.deduplicated = 0
+        self.bytes_referenced = 0
+
+    def new_step(self) -> None:
+        """Forget per-step identities (weights keep theirs through ``capture(persistent=True)``).
+
+        Within a step every captured tensor is kept alive, so its memory cannot be recycled
+        for another tensor that would then be mistaken for it; gradients especially die young.
+        """
+        self._seen = {k: v for k, v in self._seen.items() if k[-1]}
+        self._alive.clear()
+
+    def capture(self, t: torch.Tensor, *, persistent: bool = False) -> int:
+        """Record ``t`` (or find it already recorded) and return its tensor id."""
+        original = t
+        t = t.detach() if t.requires_grad else t
+        nbytes = t.numel() * t.element_size()
+        self.bytes_referenced += nbytes
+        key = (
+            t.untyped_storage().data_ptr() if t.numel() else id(t),
+            t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device,
+            t._version, persistent,
+        )
+        hit = self._seen.get(key)
+        if hit is not None and hit[0]() is not None:
+            self.deduplicated += 1
+            return hit[1]
+        tid = self.sink.next_tensor_id()
+        self._seen[key] = (weakref.ref(original), tid)
+        if not persistent:
+            self._alive.append(original)
+        self.captured += 1
+        if self.mode == "stats":
+            self._queue_stats(t, tid)
+        elif t.is_cuda:
+            self._queue_cuda(t, tid, nbytes)
+        else:
+            snap = t.clone(memory_format=torch.contiguous_format)
+            arr = to_numpy(snap)
+            self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda a=arr: a))
+        return tid
+
+    def _item(self, t: torch.Tensor, tid: int, nbytes: int, **kw: Any) -> TensorItem:
+        return TensorItem(tid=tid, dtype=dtype_name(t.dtype), shape=tuple(t.shape),
+                          strides=tuple(t.stride()), requires_grad=t.requires_grad,
+                          nbytes=nbytes, **kw)
+
+    def _queue_cuda(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+        snap = t.clone(memory_format=torch.contiguous_format)
+        stream = self._side_streams.get(t.device)
+        if stream is None:
+            stream = self._side_streams[t.device] = torch.cuda.Stream(t.device)
+        stream.wait_stream(torch.cuda.current_stream(t.device))
+        with torch.cuda.stream(stream):
+            host = torch.empty(snap.shape, dtype=snap.dtype, pin_memory=True)
+            host.copy_(snap, non_blocking=True)
+            snap.record_stream(stream)
+            done = torch.cuda.Event()
+            done.record(stream)
+        del snap
+        self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda h=host: to_numpy(h),
+                                        ready=done.synchronize))
+
+    def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
+        """Stats mode: the summary is computed on the device now, fetched at ``flush_stats``."""
+        vec = summary_vector(t)
+        holder: list[Any] = [None]
+        self._pending_stats.append((vec, holder))
+        self.sink.put_tensor(self._item(t, tid, 0, data=lambda: None,
+                                        summary=lambda h=holder: unpack_summary(h[0]),
+                                        ready=self._stats_ready.wait))
+
+    def flush_stats(self) -> None:
+        """One device-to-host transfer for all summaries computed since the last call."""
+        if not self._pending_stats:
+            return
+        vecs = [v for v, _ in self._pending_stats]
+        lengths = [int(v.numel()) for v in vecs]
+        host = torch.cat([v.reshape(-1).to(vecs[0].device) for v in vecs]).cpu().numpy()
+        pos = 0
+        for (_, holder), n in zip(self._pending_stats, lengths, strict=True):
+            holder[0] = np.array(host[pos:pos + n])
+            pos += n
+        self._pending_stats.clear()
+        self._stats_ready.set()
+        self._stats_ready = threading.Event()
+
+    @property
+    def has_pending_stats(self) -> bool:
+        return bool(self._pending_stats)

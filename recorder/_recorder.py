@@ -1,0 +1,464 @@
+"""The recorder: module hooks that write every call's inputs, outputs and gradients.
+
+Forward: a pre-hook (with kwargs) snapshots the inputs, RNG state and modes; a post-hook
+snapshots the outputs and writes the CALL event. Backward: inputs that require grad are
+passed to the module as identity views, so a hook on the view sees exactly this call's
+input gradient (a hook on the caller's tensor would see the sum over all its consumers);
+``register_multi_grad_hook`` on those views and on the outputs collects the gradients
+whatever in-place ops follow, for kwargs tensors and multiple outputs too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import tracefmt
+from tracefmt import EventKind
+
+from ._capture import TensorCapture
+from ._ctor import derive_constructor_args
+from ._sink import WriterThread
+from ._state import autocast_state, environment
+from ._torchio import dtype_name, supported
+
+__all__ = ["RecordOptions", "Recorder", "record"]
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """What to record and how; stored in the trace's run event."""
+
+    mode: str = "full"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    grad_scale: float = 1.0
+    every: int = 1
+    max_calls_per_module: int | None = None
+    byte_budget: int | None = None
+    memory_budget: int = 1 << 30
+    compression: str = "none"
+    flush_every: int = 256
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "stats"):
+            raise tracefmt.UsageError(f"mode must be 'full' or 'stats', not {self.mode!r}")
+        if self.every < 1:
+            raise tracefmt.UsageError("--every must be at least 1")
+        if not self.grad_scale > 0:
+            raise tracefmt.UsageError("--grad-scale must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+
+@dataclass
+class _Frame:
+    call: int
+    module: nn.Module
+    path: str
+    index: int
+    body: dict[str, Any]
+    versions: dict[str, int]
+    args_template: Any
+    kwargs_template: Any
+    n_inputs: int
+    grad_in: list[torch.Tensor | None] = field(default_factory=list)
+    out_template: Any = None
+    grad_out: list[torch.Tensor | None] | None = None
+    done: bool = False
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor in nested tuples/lists/dicts, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_map_tensors(x, fn) for x in obj))
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(x, fn) for x in obj)
+    if isinstance(obj, list):
+        return [_map_tensors(x, fn) for x in obj]
+    if isinstance(obj, dict):
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items()) if type(obj) is dict \
+            else {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    _map_tensors(obj, lambda t: out.append(t) or t)
+    return out
+
+
+def _wants_grad(t: torch.Tensor) -> bool:
+    return t.requires_grad and (t.is_floating_point() or t.is_complex())
+
+
+class Recorder:
+    """Records one model into one trace file. Use ``record(...)`` as a context manager."""
+
+    def __init__(self, model: nn.Module, path: str | Path, *, options: RecordOptions | None = None,
+                 recipe: str | None = None, seed: int | None = None,
+                 on_progress: Callable[[Recorder], None] | None = None) -> None:
+        self.model = model
+        self.path = Path(path)
+        self.options = options or RecordOptions()
+        self._on_progress = on_progress
+        self._recipe, self._seed = recipe, seed
+        self._writer = tracefmt.TraceWriter(self.path, compression=self.options.compression)
+        self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget)
+        self._capture = TensorCapture(self._sink, mode=self.options.mode)
+        self._handles: list[Any] = []
+        self._stack: list[_Frame | None] = []
+        self.step_index = 0
+        self.calls = 0
+        self._step_started = False
+        self._module_calls: dict[str, int] = defaultdict(int)
+        self._total_module_calls: dict[str, int] = defaultdict(int)
+        self._recomputes: dict[str, int] = defaultdict(int)
+        self._bwd_order = 0
+        self._since_flush = 0
+        self._last_rng: tuple[torch.Tensor, int] | None = None
+        self._loss: float | None = None
+        self._budget_hit = False
+        self._closed = False
+        self._start()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        model = self.model
+        self._paths: dict[nn.Module, str] = {}
+        self._module_index: dict[nn.Module, int] = {}
+        canonical: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            canonical.setdefault(id(p), name)
+        modules = []
+        for i, (path, mod) in enumerate(model.named_modules()):
+            self._paths[mod] = path
+            self._module_index[mod] = i
+            ctor = derive_constructor_args(mod)
+            ctor_node = None
+            if ctor is not None:
+                args_node = tracefmt.describe(tuple(ctor[0]), self._ctor_leaf)
+                kwargs_node = tracefmt.describe(dict(ctor[1]), self._ctor_leaf)
+                if not tracefmt.has_opaque(args_node) and not tracefmt.has_opaque(kwargs_node):
+                    ctor_node = {"args": args_node, "kwargs": kwargs_node}
+            own_params = dict(mod.named_parameters(recurse=False))
+            shared = {}
+            for local, p in own_params.items():
+                full = f"{path}.{local}" if path else local
+                if canonical.get(id(p), full) != full:
+                    shared[local] = canonical[id(p)]
+            modules.append(tracefmt.ModuleInfo(
+                i, path, f"{type(mod).__module__}.{type(mod).__qualname__}", ctor_node,
+                tuple(own_params), tuple(n for n, _ in mod.named_buffers(recurse=False)), shared))
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        options = self.options.to_dict() | {"recipe": self._recipe, "seed": self._seed}
+        run = tracefmt.RunInfo(tuple(modules), environment(device), options)
+        self._sink.put_event(EventKind.RUN, run.to_dict())
+        for mod, path in self._paths.items():
+            if not self._selected(path):
+                continue
+            self._handles.append(mod.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(mod.register_forward_hook(self._post_hook, with_kwargs=True,
+                                                           always_call=True))
+
+    def _selected(self, path: str) -> bool:
+        name = path or "<root>"
+        inc = self.options.include
+        if inc and not any(fnmatch.fnmatchcase(name, g) for g in inc):
+            return False
+        return not any(fnmatch.fnmatchcase(name, g) for g in self.options.exclude)
+
+    @staticmethod
+    def _ctor_leaf(obj: Any) -> Any:
+        if isinstance(obj, torch.dtype):
+            return {"$": "dtype", "name": dtype_name(obj)}
+        if isinstance(obj, torch.device):
+            return {"$": "device", "name": str(obj)}
+        if isinstance(obj, (torch.Tensor, nn.Module)):
+            return {"$": "opaque", "type": type(obj).__qualname__, "repr": "not a constructor value"}
+        return NotImplemented
+
+    def _leaf(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if not supported(obj):
+                return {"$": "opaque", "type": f"torch.Tensor[{obj.dtype}, {obj.layout}]",
+                        "repr": f"shape {tuple(obj.shape)}"}
+            return {"$": "tensor", "id": self._capture.capture(obj)}
+        return self._ctor_leaf(obj)
+
+    # -- per-step --------------------------------------------------------------------------
+
+    @property
+    def recording_this_step(self) -> bool:
+        return self.step_index % self.options.every == 0 and not self._budget_hit
+
+    def _ensure_step_started(self) -> None:
+        if self._step_started:
+            return
+        self._step_started = True
+        self._capture.new_step()
+        params = {n: self._capture.capture(p, persistent=True)
+                  for n, p in self.model.named_parameters() if supported(p)}
+        buffers = {n: self._capture.capture(b, persistent=True)
+                   for n, b in self.model.named_buffers() if supported(b)}
+        self._sink.put_event(EventKind.STEP, {"step": self.step_index, "params": params,
+                                              "buffers": buffers}, step=self.step_index)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Call backward on ``loss`` times the recording's grad scale, and remember the loss."""
+        self._loss = float(loss.detach().float().item())
+        scale = self.options.grad_scale
+        (loss * scale if scale != 1.0 else loss).backward()
+
+    def note_loss(self, loss: float) -> None:
+        self._loss = float(loss)
+
+    def step(self) -> None:
+        """End the current step: write parameter gradients, flush, move to the next step."""
+        if self._step_started:
+            grads = {n: self._capture.capture(p.grad) for n, p in self.model.named_parameters()
+                     if p.grad is not None and supported(p.grad)}
+            self._sink.put_event(EventKind.PARAM_GRADS, {"step": self.step_index, "grads": grads,
+                                                         "loss": self._loss}, step=self.step_index)
+        self._capture.flush_stats()
+        self._sink.flush(wait=False)
+        self._since_flush = 0
+        self.step_index += 1
+        self._step_started = False
+        self._loss = None
+        self._module_calls.clear()
+        if self._on_progress:
+            self._on_progress(self)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        path = self._paths[module]
+        if torch._C._current_graph_task_id() != -1:
+            self._recomputes[path] += 1
+            self._stack.append(None)
+            return None
+        if not self.recording_this_step or self._closed or self._over_caps(path):
+            self._stack.append(None)
+            return None
+        self._ensure_step_started()
+        call = self.calls
+        self.calls += 1
+        index = self._module_calls[path]
+        self._module_calls[path] += 1
+        self._total_module_calls[path] += 1
+        parent = next((f.call for f in reversed(self._stack) if f is not None), None)
+        depth = sum(1 for f in self._stack if f is not None)
+        args_node = tracefmt.describe(tuple(args), self._leaf)
+        kwargs_node = tracefmt.describe(dict(kwargs), self._leaf)
+        notes = []
+        replayable = True
+        if tracefmt.has_opaque(args_node) or tracefmt.has_opaque(kwargs_node):
+            replayable = False
+            notes.append("an input has no recordable form (opaque); the call is not replayable")
+        versions = {n: b._version for n, b in module.named_buffers(recurse=False)}
+        buffers_before = {n: self._capture.capture(b) for n, b in module.named_buffers(recurse=False)
+                          if supported(b)}
+        body = {
+            "call": call, "step": self.step_index, "module": path,
+            "type": f"{type(module).__module__}.{type(module).__qualname__}", "index": index,
+            "parent": parent, "depth": depth, "training": module.training,
+            "grad_enabled": torch.is_grad_enabled(), "inference_mode": torch.is_inference_mode_enabled(),
+            "autocast": autocast_state(), "rng": self._rng_state(), "args": args_node,
+            "kwargs": kwargs_node, "buffers_before": buffers_before, "replayable": replayable,
+            "notes": notes,
+        }
+        frame = _Frame(call, module, path, index, body, versions, args, kwargs, 0)
+        self._stack.append(frame)
+        if not torch.is_grad_enabled():
+            return None
+        aliases: list[torch.Tensor] = []
+
+        def alias(t: torch.Tensor) -> torch.Tensor:
+            if _wants_grad(t):
+                v = t.view_as(t)
+                aliases.append(v)
+                return v
+            return t
+
+        new_args = _map_tensors(tuple(args), alias)
+        new_kwargs = _map_tensors(dict(kwargs), alias)
+        frame.n_inputs = len(aliases)
+        frame.args_template, frame.kwargs_template = args, kwargs
+        if aliases:
+            frame.grad_in = [None] * len(aliases)
+            torch.autograd.graph.register_multi_grad_hook(
+                aliases, lambda grads, f=frame: self._on_input_grads(f, grads), mode="all")
+            return new_args, new_kwargs
+        return None
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._stack:
+            return
+        frame = self._stack.pop()
+        if frame is None or frame.module is not module:
+            return
+        body = frame.body
+        body["outputs"] = tracefmt.describe(output, self._leaf)
+        if tracefmt.has_opaque(body["outputs"]):
+            body["notes"].append("an output has no recordable form (opaque)")
+        body["buffers_after"] = {
+            n: self._capture.capture(b) for n, b in module.named_buffers(recurse=False)
+            if supported(b) and b._version != frame.versions.get(n)
+        }
+        self._sink.put_event(EventKind.CALL, body, step=self.step_index, call=frame.call,
+                             module=self._module_index[module])
+        self._since_flush += 1
+        if self._since_flush >= self.options.flush_every and not self._capture.has_pending_stats:
+            self._sink.flush(wait=False)
+            self._since_flush = 0
+        outs = [t for t in _flat_tensors(output) if _wants_grad(t)]
+        frame.out_template = output
+        if outs and torch.is_grad_enabled():
+            frame.grad_out = [None] * len(outs)
+            torch.autograd.graph.register_multi_grad_hook(
+                outs, lambda grads, f=frame: self._on_output_grads(f, grads), mode="all")
+        if self._on_progress and frame.call % 64 == 0:
+            self._on_progress(self)
+
+    def _over_caps(self, path: str) -> bool:
+        cap = self.options.max_calls_per_module
+        if cap is not None and self._total_module_calls[path] >= cap:
+            return True
+        budget = self.options.byte_budget
+        if budget is not None and self._capture.bytes_referenced >= budget and not self._budget_hit:
+            self._budget_hit = True
+            self._sink.put_event(EventKind.NOTE, {"message": f"byte budget of {budget} reached; "
+                                                  "recording stopped here"})
+        return self._budget_hit
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = torch.get_rng_state()
+        if self._last_rng is not None and torch.equal(self._last_rng[0], state):
+            cpu = self._last_rng[1]
+        else:
+            cpu = self._capture.capture(state, persistent=True)
+            self._last_rng = (state, cpu)
+        out: dict[str, Any] = {"cpu": cpu}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda"] = [self._capture.capture(s) for s in torch.cuda.get_rng_state_all()]
+        return out
+
+    # -- backward --------------------------------------------------------------------------
+
+    def _on_output_grads(self, frame: _Frame, grads: Any) -> None:
+        frame.grad_out = list(grads)
+        if frame.n_inputs == 0:
+            self._emit_backward(frame)
+
+    def _on_input_grads(self, frame: _Frame, grads: Any) -> None:
+        frame.grad_in = list(grads)
+        self._emit_backward(frame)
+
+    def _emit_backward(self, frame: _Frame) -> None:
+        if frame.done or self._closed:
+            return
+        frame.done = True
+        outs = iter(frame.grad_out or [])
+
+        def out_leaf(t: torch.Tensor) -> Any:
+            return next(outs, None) if _wants_grad(t) else None
+
+        ins = iter(frame.grad_in)
+
+        def in_leaf(t: torch.Tensor) -> Any:
+            return next(ins, None) if _wants_grad(t) else None
+
+        grad_outputs = _map_tensors(frame.out_template, out_leaf)
+        grad_args = _map_tensors(tuple(frame.args_template), in_leaf)
+        grad_kwargs = _map_tensors(dict(frame.kwargs_template), in_leaf)
+        body = {
+            "call": frame.call, "order": self._bwd_order,
+            "grad_outputs": tracefmt.describe(grad_outputs, self._leaf),
+            "grad_args": tracefmt.describe(grad_args, self._leaf),
+            "grad_kwargs": tracefmt.describe(grad_kwargs, self._leaf),
+            "recomputes": self._recomputes.get(frame.path, 0),
+        }
+        self._bwd_order += 1
+        self._sink.put_event(EventKind.BACKWARD, body, step=frame.body["step"], call=frame.call,
+                             module=self._module_index[frame.module])
+        frame.out_template = frame.args_template = frame.kwargs_template = None
+        frame.grad_in, frame.grad_out = [], None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def bytes_written(self) -> int:
+        return self._sink.bytes_written
+
+    @property
+    def flushed_calls(self) -> int:
+        return self._sink.flushed_calls
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"calls": self.calls, "tensors": self._capture.captured,
+                "deduplicated": self._capture.deduplicated,
+                "bytes_referenced": self._capture.bytes_referenced,
+                "bytes_written": self.bytes_written}
+
+    def close(self, *, complete: bool = True) -> None:
+        """Remove the hooks and finish the file (``complete`` writes the END marker)."""
+        if self._closed:
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        try:
+            if self._step_started:
+                self.step()
+            self._capture.flush_stats()
+        finally:
+            self._closed = True
+            self._sink.close(complete=complete)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(complete=exc_type is None)
+
+
+@contextmanager
+def record(model: nn.Module, path: str | Path, **options: Any) -> Iterator[Recorder]:
+    """Record ``model`` into ``path`` around the user's own loop; call ``rec.step()`` between steps.
+
+    Options are the fields of RecordOptions (``mode``, ``include``, ``exclude``,
+    ``grad_scale``, ``every``, ``max_calls_per_module``, ``byte_budget``, ``memory_budget``,
+    ``compression``, ``flush_every``).
+    """
+    for key in ("include", "exclude"):
+        if isinstance(options.get(key), str):
+            options[key] = (options[key],)
+        elif key in options:
+            options[key] = tuple(options[key])
+    rec = Recorder(model, path, options=RecordOptions(**options))
+    try:
+        yield rec
+    except BaseException:
+        rec.close(complete=False)
+        raise
+    rec.close(complete=True)

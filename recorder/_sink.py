@@ -1,0 +1,166 @@
+"""One background writer thread draining a bounded queue into a TraceWriter.
+
+The recording thread hands over host copies (or pending device copies) and events; the
+writer thread waits for device copies, computes summaries that were not computed on the
+device, and writes. Tensor ids are assigned on the recording thread in the same order the
+writer will add them, so trees can refer to them at once. When queued bytes exceed the
+memory budget, ``put`` blocks until the writer catches up.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import tracefmt
+from tracefmt import EventKind
+
+__all__ = ["WriterThread", "TensorItem"]
+
+
+@dataclass
+class TensorItem:
+    """A tensor on its way to disk; ``ready`` is waited for before ``data()`` is read."""
+
+    tid: int
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    requires_grad: bool
+    nbytes: int
+    data: Callable[[], np.ndarray | None]
+    summary: Callable[[], tracefmt.TensorSummary | None] | None = None
+    ready: Callable[[], None] | None = None
+
+
+_STOP = object()
+
+
+class WriterThread:
+    """Owns the TraceWriter; every write happens on its thread."""
+
+    def __init__(self, writer: tracefmt.TraceWriter, *, budget_bytes: int) -> None:
+        self._writer = writer
+        self._budget = max(int(budget_bytes), 1 << 20)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._queued_bytes = 0
+        self.error: BaseException | None = None
+        self.flushed_calls = 0
+        self._next_tid = 0
+        self._thread = threading.Thread(target=self._run, name="tensortrace-writer", daemon=True)
+        self._thread.start()
+
+    # -- recording-thread side -------------------------------------------------------------
+
+    def next_tensor_id(self) -> int:
+        tid = self._next_tid
+        self._next_tid += 1
+        return tid
+
+    def put_tensor(self, item: TensorItem) -> None:
+        self._raise_if_failed()
+        with self._cond:
+            while self._queued_bytes > 0 and self._queued_bytes + item.nbytes > self._budget:
+                if self.error is not None:
+                    break
+                self._cond.wait(0.5)
+            self._queued_bytes += item.nbytes
+        self._queue.put(item)
+
+    def put_event(self, kind: EventKind, body: dict, *, step: int = -1, call: int = -1,
+                  module: int = -1) -> None:
+        self._raise_if_failed()
+        self._queue.put(("event", kind, body, step, call, module))
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Write everything queued so far and flush the file; optionally wait for it."""
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        if wait:
+            while not done.wait(0.5):
+                if not self._thread.is_alive():
+                    break
+            self._raise_if_failed()
+
+    def close(self, *, complete: bool) -> None:
+        self._queue.put(("close", complete))
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._raise_if_failed()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def bytes_written(self) -> int:
+        return self._writer.bytes_written
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            err = self.error
+            if isinstance(err, tracefmt.TraceError):
+                raise err
+            raise tracefmt.TraceWriteError(f"writer thread failed: {err}", path=self._writer.path)
+
+    # -- writer-thread side ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        w = self._writer
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self.error is not None:
+                self._release(item)
+                if isinstance(item, tuple) and item[0] == "flush":
+                    item[1].set()
+                continue
+            try:
+                if isinstance(item, TensorItem):
+                    self._write_tensor(item)
+                elif item[0] == "event":
+                    _, kind, body, step, call, module = item
+                    w.add_event(kind, body, step=step, call=call, module=module)
+                elif item[0] == "flush":
+                    w.flush()
+                    self.flushed_calls = w.counts[EventKind.CALL]
+                    item[1].set()
+                elif item[0] == "close":
+                    w.close(complete=item[1])
+            except BaseException as exc:  # noqa: BLE001 - reported on the recording thread
+                self.error = exc
+                w.abandon()
+                if isinstance(item, tuple) and item[0] == "flush":
+                    item[1].set()
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _write_tensor(self, item: TensorItem) -> None:
+        try:
+            if item.ready is not None:
+                item.ready()
+            data = item.data()
+            summary = item.summary() if item.summary is not None else None
+            if summary is None and data is not None:
+                summary = tracefmt.compute_summary(tracefmt.decode_values(data, item.dtype))
+            tid = self._writer.add_tensor(
+                data, dtype=item.dtype, shape=item.shape, strides=item.strides,
+                summary=summary, requires_grad=item.requires_grad,
+            )
+            if tid != item.tid:
+                raise RuntimeError(f"tensor id drift: expected {item.tid}, writer gave {tid}")
+        finally:
+            self._release(item)
+
+    def _release(self, item: Any) -> None:
+        if isinstance(item, TensorItem):
+            with self._cond:
+                self._queued_bytes -= item.nbytes
+                self._cond.notify_all()

@@ -1,0 +1,88 @@
+"""Tensor summaries computed with torch on the tensor's own device.
+
+Same definitions as ``tracefmt.compute_summary`` (spec "Summaries"). Each summary is one
+float64 vector kept on the device; ``unpack`` turns a host copy back into a TensorSummary,
+so stats mode needs one device-to-host transfer per step, not one per tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import tracefmt
+from tracefmt import HIST_BINS
+
+__all__ = ["summary_vector", "unpack_summary", "HEADER"]
+
+HEADER = 9  # count, min, max, mean, std, nan, posinf, neginf, zeros
+_MAX_BATCH = 4096
+_BATCH_COLS = 4
+
+
+def summary_vector(t: torch.Tensor) -> torch.Tensor:
+    """The summary of ``t`` as a float64 vector: header, histogram, then batch rows."""
+    x = t.detach()
+    if x.is_complex():
+        x = x.abs()
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    f = x.to(compute).reshape(-1)
+    n = f.numel()
+    if not f.is_floating_point() or n == 0:
+        f = f.to(torch.float32)
+    finite = torch.isfinite(f)
+    nan = torch.isnan(f).sum()
+    posinf = (f == float("inf")).sum()
+    neginf = (f == float("-inf")).sum()
+    zeros = (f == 0).sum()
+    n_fin = finite.sum()
+    fz = torch.where(finite, f, 0.0)
+    if n:
+        lo = torch.where(finite, f, float("inf")).min()
+        hi = torch.where(finite, f, float("-inf")).max()
+    else:
+        lo = hi = torch.tensor(float("nan"), device=f.device)
+    denom = n_fin.clamp(min=1).to(torch.float64)
+    mean = fz.to(torch.float64).sum() / denom
+    centred = torch.where(finite, f.to(torch.float64) - mean, 0.0)
+    std = torch.sqrt((centred * centred).sum() / denom)
+    span = (hi - lo).to(torch.float64)
+    scale = torch.where(span > 0, HIST_BINS / span, torch.zeros_like(span))
+    idx = ((f.to(torch.float64) - lo) * scale).clamp(0, HIST_BINS - 1).to(torch.int64)
+    idx = torch.where(finite, idx, HIST_BINS)
+    hist = torch.bincount(idx, minlength=HIST_BINS + 1)[:HIST_BINS]
+    empty = n_fin == 0
+    nanv = torch.tensor(float("nan"), dtype=torch.float64, device=f.device)
+    header = torch.stack([
+        torch.tensor(float(n), dtype=torch.float64, device=f.device),
+        torch.where(empty, nanv, lo.to(torch.float64)),
+        torch.where(empty, nanv, hi.to(torch.float64)),
+        torch.where(empty, nanv, mean),
+        torch.where(empty, nanv, std),
+        nan.to(torch.float64), posinf.to(torch.float64), neginf.to(torch.float64),
+        zeros.to(torch.float64),
+    ])
+    parts = [header, hist.to(torch.float64)]
+    if x.dim() > 0 and x.shape[0] > 0 and n > 0:
+        b = min(x.shape[0], _MAX_BATCH)
+        rows_f = f.reshape(x.shape[0], -1)[:b]
+        rows = fz.reshape(x.shape[0], -1)[:b].to(torch.float64)
+        batch = torch.stack([
+            torch.linalg.vector_norm(rows, dim=1),
+            rows.abs().amax(dim=1),
+            (~finite.reshape(x.shape[0], -1)[:b]).sum(dim=1).to(torch.float64),
+            (rows_f == 0).sum(dim=1).to(torch.float64),
+        ], dim=1)
+        parts.append(batch.reshape(-1))
+    return torch.cat(parts)
+
+
+def unpack_summary(vec: np.ndarray) -> tracefmt.TensorSummary:
+    """A host copy of ``summary_vector`` back into a TensorSummary."""
+    h = vec[:HEADER]
+    hist = tuple(int(x) for x in vec[HEADER:HEADER + HIST_BINS])
+    batch = vec[HEADER + HIST_BINS:].reshape(-1, _BATCH_COLS)
+    return tracefmt.TensorSummary(
+        count=int(h[0]), min=float(h[1]), max=float(h[2]), mean=float(h[3]), std=float(h[4]),
+        nan=int(h[5]), posinf=int(h[6]), neginf=int(h[7]), zeros=int(h[8]), hist=hist, batch=batch,
+    )
