@@ -28,6 +28,7 @@ from ._records import (
     StepRecord,
     TensorInfo,
 )
+from ._results import RESULTS_FORMAT, ResultsReader, open_results, write_results
 from ._summary import TensorSummary, compute_summary
 from ._tree import (
     ObjectNode,
@@ -63,6 +64,8 @@ __all__ = [
     "ObjectNode",
     "Opaque",
     "ParamGradsRecord",
+    "RESULTS_FORMAT",
+    "ResultsReader",
     "RunInfo",
     "StepRecord",
     "TensorInfo",
@@ -86,9 +89,11 @@ __all__ = [
     "encode_values",
     "has_opaque",
     "iter_tensor_leaves",
+    "open_results",
     "open_trace",
     "pack_blob",
     "rebuild",
     "storage_dtype",
     "unpack_blob",
+    "write_results",
 ]

@@ -1,0 +1,877 @@
+"""Compare a candidate tensor with its recorded reference, to tell float noise from a bug.
+
+All math is numpy float64 (complex128 for complex dtypes), so trace-vs-trace diffs need no
+torch. The dtype is given by name: bfloat16 and float8 arrays arrive already decoded to float32
+values and the name says their real precision (for ULP counting and default tolerances).
+
+Three modes, reported in ``TensorComparison.mode``:
+
+* ``"tolerance"``: the rule in ``replayer._tolerance`` (absolute floor following scale).
+* ``"noise"``: a float64 recomputation was given; the candidate's error against it is judged
+  against the reference's own error (float64 noise floor, also in ``replayer._tolerance``).
+* ``"exact"``: integers and bool (and any dtype with rtol = atol = 0): bit-equal values only.
+
+Non-finite values: NaN in the same position on both sides counts as equal when ``equal_nan``
+(default, as torch's ``equal_nan=True``); NaN on one side only is a mismatch; Inf matches Inf
+of the same sign only. Error statistics (max abs/rel error, RMSE, cosine, ULP) are over the
+positions finite on both sides; non-finite mismatches are counted separately and make any
+finite ``min_rtol_to_pass``/``min_atol_to_pass`` impossible (reported as None).
+
+JSON encoding (``to_dict``): finite floats are plain floats; NaN and +/-Inf are the strings
+``"nan"``, ``"inf"``, ``"-inf"`` (JSON has no such numbers, and a null would hide them); null
+means "not applicable" (e.g. statistics of a shape mismatch); index tuples become lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from ._tolerance import (
+    Tolerance,
+    comparison_scale,
+    component_dtype,
+    default_tolerance,
+    dtype_kind,
+    effective_atol,
+    machine_eps,
+    normalize_dtype,
+)
+
+__all__ = [
+    "CompareMode",
+    "BatchElementStats",
+    "NoiseStats",
+    "TensorComparison",
+    "compare_tensors",
+    "batch_breakdown",
+    "batch_note",
+    "ulp_distance",
+]
+
+CompareMode = Literal["tolerance", "noise", "exact", "shape_mismatch"]
+
+_ULP_UNDEFINED = np.iinfo(np.uint64).max
+_SIGN_FLIP = np.uint64(1 << 63)
+# Re-running with min_rtol/min_atol must pass despite float64 rounding in the check itself;
+# 1e-14 relative covers the handful of roundings involved (see compare_tensors).
+_ROUND_UP = 1.0 + 1e-14
+_IEEE = {
+    "float64": (np.float64, np.int64, 0x7FFF_FFFF_FFFF_FFFF),
+    "float32": (np.float32, np.int32, 0x7FFF_FFFF),
+    "float16": (np.float16, np.int16, 0x7FFF),
+}
+# mantissa bits, smallest normal exponent, largest finite value
+_MINIFLOAT = {
+    "float8_e4m3fn": (3, -6, 448.0),
+    "float8_e4m3fnuz": (3, -7, 240.0),
+    "float8_e5m2": (2, -14, 57344.0),
+    "float8_e5m2fnuz": (2, -15, 57344.0),
+    "float8_e8m0fnu": (0, -127, 2.0**127),
+}
+
+
+def _enc(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return "nan"
+    if math.isinf(number):
+        return "inf" if number > 0 else "-inf"
+    return number
+
+
+def _dec(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value)  # float() also parses "nan", "inf", "-inf"
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _pct(fraction: float) -> str:
+    if 0 < fraction < 0.001:
+        return f"{fraction * 100:.2g}%"
+    return f"{fraction:.1%}"
+
+
+def _ranges(indices: Sequence[int], limit: int = 8) -> str:
+    runs: list[str] = []
+    start = prev = indices[0]
+    for i in [*indices[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    if len(runs) > limit:
+        return f"{', '.join(runs[:limit])} and {len(runs) - limit} more ranges"
+    return ", ".join(runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# ULP distance
+
+
+def _ulp_keys(values: np.ndarray, component: str) -> np.ndarray:
+    """Monotone uint64 key per value, one step per representable number of ``component``.
+
+    Negative numbers mirror positive ones (-0.0 and +0.0 share key 0), so the distance is
+    symmetric across zero. Values must not be NaN. Sub-float32 formats (bfloat16, float8) are
+    read from float32 values; values not on their grid are truncated toward zero.
+    """
+    if component in _IEEE:
+        ftype, itype, mask = _IEEE[component]
+        keys = np.asarray(values, dtype=ftype).view(itype).astype(np.int64)
+    elif component == "bfloat16":
+        x32 = np.asarray(values, dtype=np.float32)
+        keys = (x32.view(np.int32) >> 16).astype(np.int64)
+        mask = 0x7FFF
+    else:
+        return _minifloat_keys(np.asarray(values, dtype=np.float32), *_MINIFLOAT[component])
+    negative = keys < 0
+    np.bitwise_and(keys, mask, out=keys, where=negative)
+    np.negative(keys, out=keys, where=negative)
+    return _to_monotone_u64(keys)
+
+
+def _minifloat_keys(x32: np.ndarray, man_bits: int, emin: int, max_finite: float) -> np.ndarray:
+    magnitude = np.abs(x32)
+    base = (126 + emin) << man_bits
+
+    def normal(a: np.ndarray) -> np.ndarray:
+        return (a.view(np.int32).astype(np.int64) >> (23 - man_bits)) - base
+
+    smallest_normal = np.float32(2.0**emin)
+    below = np.minimum(magnitude, smallest_normal).astype(np.float64)
+    subnormal = (below * 2.0 ** (man_bits - emin)).astype(np.int64)
+    keys = np.where(magnitude >= smallest_normal, normal(magnitude), subnormal)
+    infinite = np.isinf(magnitude)
+    if infinite.any():  # Inf sits one step above the largest finite value
+        keys[infinite] = int(normal(np.array([max_finite], dtype=np.float32))[0]) + 1
+    keys = np.where(np.signbit(x32), -keys, keys)
+    return _to_monotone_u64(keys)
+
+
+def _to_monotone_u64(keys: np.ndarray) -> np.ndarray:
+    unsigned = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64)
+    unsigned ^= _SIGN_FLIP
+    return unsigned
+
+
+def _int_keys(values: np.ndarray) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == np.uint64:
+        return arr.astype(np.uint64)
+    return _to_monotone_u64(arr.astype(np.int64))
+
+
+def _key_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    high = np.maximum(a, b)
+    np.minimum(a, b, out=a)
+    high -= a
+    return high
+
+
+def _real_ulp(a: np.ndarray, b: np.ndarray, kind: str, component: str) -> np.ndarray:
+    if kind in ("int", "bool"):
+        return _key_distance(_int_keys(a), _int_keys(b))
+    return _key_distance(_ulp_keys(a, component), _ulp_keys(b, component))
+
+
+def _ulp_no_nan(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    kind = dtype_kind(dtype)
+    component = component_dtype(dtype)
+    if kind == "complex":
+        return np.maximum(
+            _real_ulp(a.real, b.real, "float", component),
+            _real_ulp(a.imag, b.imag, "float", component),
+        )
+    return _real_ulp(a, b, kind, component)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray, *, dtype: str) -> np.ndarray:
+    """Elementwise count of representable ``dtype`` numbers between a and b, as uint64.
+
+    float64/32/16 use their own bit patterns, bfloat16 the top 16 bits of float32, float8 its
+    grid; integers the plain difference; complex the larger of the two components. NaN on both
+    sides is 0 apart, NaN against anything else is undefined: ``2**64 - 1``.
+    """
+    canonical = normalize_dtype(dtype)
+    x, y = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    if dtype_kind(canonical) in ("int", "bool"):
+        return _ulp_no_nan(x, y, canonical)
+    nan_x, nan_y = np.isnan(x), np.isnan(y)
+    if not (nan_x.any() or nan_y.any()):
+        return _ulp_no_nan(x, y, canonical)
+    dist = _ulp_no_nan(np.where(nan_x, 0, x), np.where(nan_y, 0, y), canonical)
+    dist[nan_x & nan_y] = 0
+    dist[nan_x ^ nan_y] = _ULP_UNDEFINED
+    return dist
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch breakdown
+
+
+@dataclass(frozen=True)
+class BatchElementStats:
+    """Error summary of one element along the batch axis, to spot per-sample bugs."""
+
+    index: int
+    max_abs_err: float
+    mismatch_count: int
+    numel: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; a NaN/Inf error is a string (module docstring)."""
+        return {
+            "index": self.index,
+            "max_abs_err": _enc(self.max_abs_err),
+            "mismatch_count": self.mismatch_count,
+            "numel": self.numel,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchElementStats:
+        """Inverse of ``to_dict``."""
+        return cls(
+            index=int(data["index"]),
+            max_abs_err=float(data["max_abs_err"]),
+            mismatch_count=int(data["mismatch_count"]),
+            numel=int(data["numel"]),
+        )
+
+
+def _batch_axis(ndim: int, batch_dim: int | None) -> int | None:
+    if batch_dim is None or ndim == 0:
+        return None
+    if not -ndim <= batch_dim < ndim:
+        raise ValueError(f"batch_dim {batch_dim} is out of range for a {ndim}-d tensor")
+    return batch_dim % ndim
+
+
+def _batch_arrays(
+    abs_err: np.ndarray, mismatch: np.ndarray | None, axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    size = abs_err.shape[axis]
+    others = tuple(i for i in range(abs_err.ndim) if i != axis)
+    if abs_err.size == 0:
+        return np.zeros(size), np.zeros(size, dtype=np.int64)
+    maxes = np.max(abs_err, axis=others) if others else abs_err.astype(np.float64)
+    if mismatch is None:
+        counts = np.zeros(size, dtype=np.int64)
+    elif others:
+        counts = np.count_nonzero(mismatch, axis=others)
+    else:
+        counts = mismatch.astype(np.int64)
+    return np.asarray(maxes, dtype=np.float64), np.asarray(counts, dtype=np.int64)
+
+
+def batch_breakdown(
+    abs_err: np.ndarray, mismatch: np.ndarray | None = None, *, batch_dim: int | None = 0
+) -> list[BatchElementStats]:
+    """Per batch element: max absolute error and mismatch count.
+
+    ``abs_err`` and ``mismatch`` are elementwise arrays of one shape (``mismatch`` None counts
+    nothing). Without a batch axis (``batch_dim`` None, or a 0-d tensor) the list is empty.
+    """
+    errors = np.asarray(abs_err)
+    axis = _batch_axis(errors.ndim, batch_dim)
+    if axis is None:
+        return []
+    flags = None if mismatch is None else np.asarray(mismatch, dtype=bool)
+    if flags is not None and flags.shape != errors.shape:
+        raise ValueError(f"mismatch shape {flags.shape} differs from abs_err shape {errors.shape}")
+    maxes, counts = _batch_arrays(errors, flags, axis)
+    per_element = errors.size // errors.shape[axis] if errors.shape[axis] else 0
+    return [
+        BatchElementStats(i, float(maxes[i]), int(counts[i]), per_element)
+        for i in range(errors.shape[axis])
+    ]
+
+
+def batch_note(bad_indices: Sequence[int], batch_size: int) -> str:
+    """One sentence on which batch elements diverge; empty when none do (or no batch axis)."""
+    bad = sorted(int(i) for i in bad_indices)
+    if batch_size <= 0 or not bad:
+        return ""
+    if len(bad) >= batch_size:
+        if batch_size == 1:
+            return "the only batch element diverges"
+        return f"all {batch_size} batch elements diverge"
+    mask = np.ones(batch_size, dtype=bool)
+    mask[bad] = False
+    good = [int(i) for i in np.flatnonzero(mask)]
+    if len(good) <= 3 and len(good) < len(bad):
+        noun = "element" if len(good) == 1 else "elements"
+        verb = "matches" if len(good) == 1 else "match"
+        return f"only batch {noun} {_ranges(good)} {verb}; elements {_ranges(bad)} diverge"
+    if len(bad) == 1:
+        return f"batch element {bad[0]} diverges"
+    return f"batch elements {_ranges(bad)} diverge"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class NoiseStats:
+    """Float64 noise-floor figures: the candidate's error vs the reference's own error."""
+
+    rmse_ref_err: float
+    rmse_cand_err: float
+    max_ref_err: float
+    max_cand_err: float
+    factor: float
+    rmse_slack: float
+    max_slack: float
+    rmse_limit: float
+    max_limit: float
+    ratio: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (module docstring for NaN/Inf)."""
+        return {f.name: _enc(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoiseStats:
+        """Inverse of ``to_dict``."""
+        values = {f.name: _dec(data[f.name]) for f in fields(cls)}
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """Everything one candidate-vs-reference comparison found, for the report and the TUI.
+
+    ``min_rtol_to_pass``: smallest rtol that passes with atol, atol_scale_factor and the
+    scale unchanged (the floor moves with rtol, as it would on a re-run).
+    ``min_atol_to_pass``: smallest effective absolute floor that passes with rtol unchanged;
+    setting it as ``Tolerance.atol`` passes. Both None when no value can pass (non-finite
+    mismatch, or rtol cannot help against an all-zero scale) and in noise mode.
+    ``max_abs_err_index``/``max_rel_err_index`` are None when nothing differs. ``max_rel_err``
+    is ``inf`` where a zero reference meets a nonzero candidate, as in torch. ``ulp_max`` is
+    None when a NaN/Inf position mismatches (its distance is undefined or meaningless).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    passed: bool
+    mode: CompareMode
+    message: str
+    candidate_dtype: str
+    candidate_shape: tuple[int, ...]
+    shape_mismatch: bool = False
+    dtype_mismatch: bool = False
+    numel: int = 0
+    max_abs_err: float | None = None
+    max_abs_err_index: tuple[int, ...] | None = None
+    max_rel_err: float | None = None
+    max_rel_err_index: tuple[int, ...] | None = None
+    mismatch_count: int | None = None
+    mismatch_fraction: float | None = None
+    nonfinite_mismatch_count: int = 0
+    ulp_max: int | None = None
+    cosine: float | None = None
+    rmse: float | None = None
+    nan_ref: int = 0
+    nan_cand: int = 0
+    inf_ref: int = 0
+    inf_cand: int = 0
+    equal_nan: bool = True
+    reference_scale: float | None = None
+    input_scale: float | None = None
+    rtol_used: float | None = None
+    atol_used: float | None = None
+    min_rtol_to_pass: float | None = None
+    min_atol_to_pass: float | None = None
+    batch_dim: int | None = None
+    batch_size: int | None = None
+    bad_batch_indices: list[int] = field(default_factory=list)
+    batch_note: str = ""
+    tolerance: Tolerance | None = None
+    noise: NoiseStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; key names are fixed by the report schema."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _FLOAT_FIELDS:
+                out[f.name] = _enc(value)
+            elif f.name in _TUPLE_FIELDS:
+                out[f.name] = None if value is None else [int(i) for i in value]
+            elif f.name in ("tolerance", "noise"):
+                out[f.name] = None if value is None else value.to_dict()
+            elif f.name == "bad_batch_indices":
+                out[f.name] = [int(i) for i in value]
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorComparison:
+        """Inverse of ``to_dict``; optional keys missing from ``data`` take their defaults."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            raw = data[f.name]
+            if f.name in _FLOAT_FIELDS:
+                values[f.name] = _dec(raw)
+            elif f.name in _TUPLE_FIELDS:
+                values[f.name] = None if raw is None else tuple(int(i) for i in raw)
+            elif f.name == "tolerance":
+                values[f.name] = None if raw is None else Tolerance.from_dict(raw)
+            elif f.name == "noise":
+                values[f.name] = None if raw is None else NoiseStats.from_dict(raw)
+            elif f.name == "bad_batch_indices":
+                values[f.name] = [int(i) for i in raw]
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+
+_FLOAT_FIELDS = frozenset(
+    [
+        "max_abs_err",
+        "max_rel_err",
+        "mismatch_fraction",
+        "cosine",
+        "rmse",
+        "reference_scale",
+        "input_scale",
+        "rtol_used",
+        "atol_used",
+        "min_rtol_to_pass",
+        "min_atol_to_pass",
+    ]
+)
+_TUPLE_FIELDS = frozenset(["shape", "candidate_shape", "max_abs_err_index", "max_rel_err_index"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison
+
+
+def _max_abs(x: np.ndarray) -> float:
+    if x.size == 0:
+        return 0.0
+    if np.iscomplexobj(x):
+        return float(np.max(np.abs(x)))
+    return float(max(abs(float(np.max(x))), abs(float(np.min(x)))))
+
+
+def _rms(x: np.ndarray, count: int, peak: float) -> float:
+    """Root mean square of a non-negative real array, safe from overflow/underflow."""
+    if count == 0 or peak == 0.0:
+        return 0.0
+    flat = x.reshape(-1)
+    if 1e-150 < peak < 1e150:
+        return math.sqrt(float(np.dot(flat, flat)) / count)
+    scaled = flat / peak
+    return peak * math.sqrt(float(np.dot(scaled, scaled)) / count)
+
+
+def _cosine(r: np.ndarray, c: np.ndarray, r_peak: float, c_peak: float) -> float:
+    """Cosine of the flattened tensors; both zero is 1.0, one zero is 0.0."""
+    if r_peak == 0.0 and c_peak == 0.0:
+        return 1.0
+    if r_peak == 0.0 or c_peak == 0.0:
+        return 0.0
+    a, b = r.reshape(-1), c.reshape(-1)
+    if not (1e-70 < r_peak < 1e70 and 1e-70 < c_peak < 1e70):  # keep |a|^2 * |b|^2 finite
+        a, b = a / r_peak, b / c_peak
+    dot = float(np.vdot(a, b).real)
+    norms = float(np.vdot(a, a).real) * float(np.vdot(b, b).real)
+    return min(1.0, max(-1.0, dot / math.sqrt(norms)))  # sqrt(x*x) == x: identical gives 1.0
+
+
+def _as_values(x: np.ndarray, kind: str, label: str) -> np.ndarray:
+    if kind == "complex":
+        return np.asarray(x, dtype=np.complex128)
+    if np.iscomplexobj(x):
+        raise ValueError(f"{label} is complex but the dtype is {kind}")
+    return np.asarray(x, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _NonFinite:
+    """Where NaN/Inf sit and which of those positions mismatch."""
+
+    both_finite: np.ndarray | None  # None: every position finite on both sides
+    mismatch: np.ndarray | None
+    nan_ref: int = 0
+    nan_cand: int = 0
+    inf_ref: int = 0
+    inf_cand: int = 0
+    nan_ref_only: int = 0
+    nan_cand_only: int = 0
+    count: int = 0
+
+
+def _nonfinite(r: np.ndarray, c: np.ndarray, *, equal_nan: bool) -> _NonFinite:
+    fin_r, fin_c = np.isfinite(r), np.isfinite(c)
+    if fin_r.all() and fin_c.all():
+        return _NonFinite(None, None)
+    nan_r, nan_c = np.isnan(r), np.isnan(c)
+    both_finite = fin_r & fin_c
+    same = (nan_r & nan_c) if equal_nan else np.zeros_like(nan_r)
+    same |= ~nan_r & ~nan_c & ~both_finite & (r == c)
+    mismatch = ~both_finite & ~same
+    return _NonFinite(
+        both_finite=both_finite,
+        mismatch=mismatch,
+        nan_ref=int(np.count_nonzero(nan_r)),
+        nan_cand=int(np.count_nonzero(nan_c)),
+        inf_ref=int(np.count_nonzero(~fin_r & ~nan_r)),
+        inf_cand=int(np.count_nonzero(~fin_c & ~nan_c)),
+        nan_ref_only=int(np.count_nonzero(nan_r & ~nan_c)),
+        nan_cand_only=int(np.count_nonzero(nan_c & ~nan_r)),
+        count=int(np.count_nonzero(mismatch)),
+    )
+
+
+def _nonfinite_phrase(nf: _NonFinite, equal_nan: bool) -> str:
+    if nf.count == 0:
+        return ""
+    parts = []
+    if nf.nan_cand_only:
+        parts.append(f"{nf.nan_cand_only} NaN in candidate only")
+    if nf.nan_ref_only:
+        parts.append(f"{nf.nan_ref_only} NaN in reference only")
+    nan_both = nf.count - nf.nan_cand_only - nf.nan_ref_only
+    other = nan_both
+    if not equal_nan:
+        both_nan = nf.nan_ref - nf.nan_ref_only
+        if both_nan:
+            parts.append(f"{both_nan} NaN on both sides (equal_nan=False)")
+        other -= both_nan
+    if other:
+        parts.append(f"{other} Inf mismatched")
+    return "; ".join(parts)
+
+
+def _min_rtol(d: np.ndarray, absr: np.ndarray, tol: Tolerance, scale: float) -> float | None:
+    """Smallest rtol x with max(atol, x*F*S) + x*|r| >= |d| everywhere (F*S fixed).
+
+    Per element that is min((|d| - atol) / |r|, |d| / (F*S + |r|)) where |d| > atol, else 0.
+    """
+    over = d > tol.atol
+    if not over.any():
+        return 0.0
+    floor_scale = tol.atol_scale_factor * scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if tol.atol == 0.0:  # the common case: the second term is always the smaller
+            need = np.add(absr, floor_scale)
+            np.divide(d, need, out=need)
+            need[~over] = 0.0
+        else:
+            ys, rs = d[over], absr[over]
+            need = np.minimum((ys - tol.atol) / rs, ys / (floor_scale + rs))
+    worst = float(np.max(need))
+    return worst * _ROUND_UP if math.isfinite(worst) else None
+
+
+def compare_tensors(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    dtype: str,
+    tolerance: Tolerance | None = None,
+    input_scale: float | None = None,
+    batch_dim: int | None = 0,
+    float64_reference: np.ndarray | None = None,
+    name: str = "",
+    equal_nan: bool = True,
+    candidate_dtype: str | None = None,
+    check_dtype: bool = True,
+) -> TensorComparison:
+    """Compare candidate with reference; see the module docstrings for every rule.
+
+    ``tolerance`` None takes the dtype default. ``input_scale`` is the magnitude of what went
+    into the computation (the absolute floor follows it). ``float64_reference``, a float64
+    recomputation from the same inputs, switches to noise-floor mode. ``candidate_dtype``
+    names the candidate's dtype when it differs; that fails unless ``check_dtype`` is False
+    (then the looser default tolerance of the two applies). Shapes must match exactly.
+    """
+    ref_dtype = normalize_dtype(dtype)
+    cand_dtype = ref_dtype if candidate_dtype is None else normalize_dtype(candidate_dtype)
+    if input_scale is not None:
+        input_scale = comparison_scale(0.0, input_scale)
+    kind = dtype_kind(ref_dtype)
+    dtype_mismatch = cand_dtype != ref_dtype
+    if tolerance is None:
+        tolerance = default_tolerance(ref_dtype)
+        if dtype_mismatch and not check_dtype:
+            tolerance = max(tolerance, default_tolerance(cand_dtype), key=lambda t: t.rtol)
+    ref_arr, cand_arr = np.asarray(reference), np.asarray(candidate)
+    common: dict[str, Any] = {
+        "name": name,
+        "dtype": ref_dtype,
+        "shape": tuple(int(n) for n in ref_arr.shape),
+        "candidate_dtype": cand_dtype,
+        "candidate_shape": tuple(int(n) for n in cand_arr.shape),
+        "dtype_mismatch": dtype_mismatch,
+        "equal_nan": equal_nan,
+        "input_scale": input_scale,
+        "batch_dim": batch_dim,
+        "tolerance": tolerance,
+    }
+    prefix = (
+        f"dtype mismatch: reference {ref_dtype}, candidate {cand_dtype}; "
+        if dtype_mismatch and check_dtype
+        else ""
+    )
+    if ref_arr.shape != cand_arr.shape:
+        return TensorComparison(
+            passed=False,
+            mode="shape_mismatch",
+            message=f"{prefix}Shape mismatch: reference {ref_arr.shape}, candidate {cand_arr.shape}",
+            shape_mismatch=True,
+            **common,
+        )
+    axis = _batch_axis(ref_arr.ndim, batch_dim)
+    common["batch_dim"] = axis
+    f64 = None
+    if float64_reference is not None:
+        if kind not in ("float", "complex"):
+            raise ValueError(f"float64_reference needs a floating dtype, not {ref_dtype}")
+        f64 = np.asarray(float64_reference)
+        if f64.shape != ref_arr.shape:
+            raise ValueError(
+                f"float64_reference shape {f64.shape} differs from reference shape {ref_arr.shape}"
+            )
+        f64 = np.atleast_1d(f64)
+    shape = ref_arr.shape
+    batch_size = None if axis is None else int(shape[axis])
+    ref_arr, cand_arr = np.atleast_1d(ref_arr), np.atleast_1d(cand_arr)  # 0-d: work on (1,)
+    exact = kind in ("int", "bool") and tolerance.exact
+    mode: CompareMode = (
+        "noise" if f64 is not None else ("exact" if tolerance.exact else "tolerance")
+    )
+    value_kind = "complex" if kind == "complex" else "float"
+    r = _as_values(ref_arr, value_kind, "reference")
+    c = _as_values(cand_arr, value_kind, "candidate")
+    nf = (
+        _nonfinite(r, c, equal_nan=equal_nan)
+        if kind in ("float", "complex")
+        else _NonFinite(None, None)
+    )
+    if nf.both_finite is not None:
+        r = np.where(nf.both_finite, r, 0)
+        c = np.where(nf.both_finite, c, 0)
+    n_finite = r.size if nf.both_finite is None else int(np.count_nonzero(nf.both_finite))
+
+    diff = np.asarray(np.subtract(c, r))  # asarray: 0-d operands give a scalar
+    d = np.abs(diff) if diff.dtype.kind == "c" else np.abs(diff, out=diff)
+    del diff
+    absr = np.abs(r)
+    ref_scale = float(np.max(absr)) if r.size else 0.0
+    cand_scale = _max_abs(c)
+    scale = comparison_scale(ref_scale, input_scale)
+
+    noise: NoiseStats | None = None
+    rtol_used: float | None = tolerance.rtol
+    min_rtol: float | None = None
+    min_atol: float | None = None
+    if exact:
+        atol_used: float | None = 0.0
+        mismatch = ref_arr != cand_arr
+        min_atol = float(np.max(d)) if d.size else 0.0
+        min_rtol = _min_rtol(d, absr, tolerance, scale)
+    elif f64 is not None:
+        noise, mismatch = _noise_floor(r, c, f64, nf, ref_dtype, tolerance, input_scale)
+        rtol_used, atol_used = None, noise.max_limit
+    else:
+        atol_used = effective_atol(tolerance, reference_scale=ref_scale, input_scale=input_scale)
+        threshold = absr * tolerance.rtol
+        if nf.count == 0 and d.size:
+            need = np.subtract(d, threshold)
+            min_atol = max(0.0, float(np.max(need))) * _ROUND_UP
+            del need
+            min_rtol = _min_rtol(d, absr, tolerance, scale)
+        elif d.size == 0:
+            min_atol, min_rtol = 0.0, 0.0
+        threshold += atol_used
+        mismatch = d > threshold
+        del threshold
+    if nf.mismatch is not None:
+        mismatch |= nf.mismatch
+
+    mismatch_count = int(np.count_nonzero(mismatch))
+    passed = mismatch_count == 0 and not (dtype_mismatch and check_dtype)
+    if noise is not None:
+        passed = passed and noise.rmse_cand_err <= noise.rmse_limit
+
+    max_abs = max_rel = 0.0
+    abs_index = rel_index = None
+    if d.size:
+        flat = int(np.argmax(d))
+        max_abs = float(d.reshape(-1)[flat])
+        if max_abs > 0:
+            abs_index = _index(flat, shape)
+            with np.errstate(over="ignore"):  # tiny |reference|: inf is the honest answer
+                rel = np.divide(d, absr, out=np.zeros_like(d), where=absr > 0)
+            rel[(absr == 0) & (d > 0)] = np.inf
+            flat_rel = int(np.argmax(rel))
+            max_rel = float(rel.reshape(-1)[flat_rel])
+            rel_index = _index(flat_rel, shape)
+            del rel
+
+    ulp_max: int | None = None
+    if nf.count == 0:
+        if kind in ("int", "bool") or nf.both_finite is None:  # original arrays: no re-cast
+            dist = _ulp_no_nan(ref_arr, cand_arr, ref_dtype)
+        else:
+            dist = _ulp_no_nan(r, c, ref_dtype)
+        ulp_max = int(np.max(dist)) if dist.size else 0
+        del dist
+
+    bad: list[int] = []
+    if axis is not None and mismatch_count:
+        _, counts = _batch_arrays(d, mismatch, axis)
+        bad = [int(i) for i in np.flatnonzero(counts)]
+    note = batch_note(bad, batch_size or 0)
+    fraction = mismatch_count / r.size if r.size else 0.0
+    result = TensorComparison(
+        passed=passed,
+        mode=mode,
+        message="",
+        numel=int(r.size),
+        max_abs_err=max_abs,
+        max_abs_err_index=abs_index,
+        max_rel_err=max_rel,
+        max_rel_err_index=rel_index,
+        mismatch_count=mismatch_count,
+        mismatch_fraction=fraction,
+        nonfinite_mismatch_count=nf.count,
+        ulp_max=ulp_max,
+        cosine=_cosine(r, c, ref_scale, cand_scale),
+        rmse=_rms(d, n_finite, max_abs),
+        nan_ref=nf.nan_ref,
+        nan_cand=nf.nan_cand,
+        inf_ref=nf.inf_ref,
+        inf_cand=nf.inf_cand,
+        reference_scale=ref_scale,
+        rtol_used=rtol_used,
+        atol_used=atol_used,
+        min_rtol_to_pass=min_rtol,
+        min_atol_to_pass=min_atol,
+        batch_size=batch_size,
+        bad_batch_indices=bad,
+        batch_note=note,
+        noise=noise,
+        **common,
+    )
+    return replace(result, message=prefix + _message(result, _nonfinite_phrase(nf, equal_nan)))
+
+
+def _noise_floor(
+    r: np.ndarray,
+    c: np.ndarray,
+    f64_raw: np.ndarray,
+    nf: _NonFinite,
+    dtype: str,
+    tolerance: Tolerance,
+    input_scale: float | None,
+) -> tuple[NoiseStats, np.ndarray]:
+    """Candidate error vs float64 against the reference's own; returns stats and mismatches."""
+    f = _as_values(f64_raw, "complex" if np.iscomplexobj(r) else "float", "float64_reference")
+    usable = np.isfinite(f)
+    if nf.both_finite is not None:
+        usable &= nf.both_finite
+    all_usable = bool(usable.all())
+    if not all_usable:
+        f = np.where(usable, f, 0)
+    err_ref = np.abs(r - f)
+    err_cand = np.abs(c - f)
+    if not all_usable:
+        err_ref[~usable] = 0.0
+        err_cand[~usable] = 0.0
+    count = int(np.count_nonzero(usable))
+    eps = machine_eps(dtype)
+    f_abs = np.abs(f)
+    f_peak = float(np.max(f_abs)) if f_abs.size else 0.0
+    rmse_slack = eps * comparison_scale(_rms(f_abs, count, f_peak), input_scale)
+    max_slack = eps * comparison_scale(f_peak, input_scale)
+    del f_abs
+    k = tolerance.noise_factor
+    max_ref = float(np.max(err_ref)) if err_ref.size else 0.0
+    max_cand = float(np.max(err_cand)) if err_cand.size else 0.0
+    rmse_ref = _rms(err_ref, count, max_ref)
+    rmse_cand = _rms(err_cand, count, max_cand)
+    max_limit = k * max(max_ref, max_slack)
+    stats = NoiseStats(
+        rmse_ref_err=rmse_ref,
+        rmse_cand_err=rmse_cand,
+        max_ref_err=max_ref,
+        max_cand_err=max_cand,
+        factor=k,
+        rmse_slack=rmse_slack,
+        max_slack=max_slack,
+        rmse_limit=k * rmse_ref + rmse_slack,
+        max_limit=max_limit,
+        ratio=rmse_cand / rmse_ref if rmse_ref > 0 else None,
+    )
+    return stats, err_cand > max_limit
+
+
+def _message(result: TensorComparison, nonfinite: str) -> str:
+    """One line in the style of torch.testing's mismatch message."""
+    total = result.numel
+    parts: list[str] = []
+    if total == 0:
+        return "Tensor-likes are close (empty tensors)"
+    if result.mode == "noise" and result.noise is not None:
+        n = result.noise
+        verdict = "within" if result.passed else "outside"
+        parts.append(
+            f"Error vs float64 {verdict} {n.factor:g}x the reference's own: "
+            f"RMSE {_fmt(n.rmse_cand_err)} (reference {_fmt(n.rmse_ref_err)}, "
+            f"allowed {_fmt(n.rmse_limit)}), max {_fmt(n.max_cand_err)} "
+            f"(allowed {_fmt(n.max_limit)})"
+        )
+    count = result.mismatch_count or 0
+    if count:
+        parts.append(f"Mismatched elements: {count} / {total} ({_pct(count / total)})")
+    elif result.mode != "noise":
+        allowed = "exactly equal" if result.mode == "exact" else "within tolerance"
+        parts.append(f"Tensor-likes are close: all {total} elements {allowed}")
+    if result.max_abs_err_index is not None:
+        abs_part = (
+            f"greatest absolute difference {_fmt(result.max_abs_err)} "
+            f"at index {result.max_abs_err_index}"
+        )
+        if result.mode == "tolerance":
+            abs_part += f" (up to {_fmt(result.atol_used)} allowed)"
+        parts.append(abs_part)
+        rel_part = (
+            f"greatest relative difference {_fmt(result.max_rel_err)} "
+            f"at index {result.max_rel_err_index}"
+        )
+        if result.mode == "tolerance":
+            rel_part += f" (up to {_fmt(result.rtol_used)} allowed)"
+        parts.append(rel_part)
+    elif not nonfinite:
+        parts.append("no element differs")
+    if nonfinite:
+        parts.append(nonfinite)
+    if result.batch_note:
+        parts.append(result.batch_note)
+    return "; ".join(parts)
