@@ -555,22 +555,28 @@ def _nonfinite_phrase(nf: _NonFinite, equal_nan: bool) -> str:
         parts.append(f"{nf.nan_cand_only} NaN in candidate only")
     if nf.nan_ref_only:
         parts.append(f"{nf.nan_ref_only} NaN in reference only")
-    nan_both = nf.count - nf.nan_cand_only - nf.nan_ref_only
-    other = nan_both
+    rest = nf.count - nf.nan_cand_only - nf.nan_ref_only
     if not equal_nan:
         both_nan = nf.nan_ref - nf.nan_ref_only
         if both_nan:
             parts.append(f"{both_nan} NaN on both sides (equal_nan=False)")
-        other -= both_nan
-    if other:
-        parts.append(f"{other} Inf mismatched")
+        rest -= both_nan
+    if rest:
+        parts.append(f"{rest} Inf mismatched")
     return "; ".join(parts)
 
 
-def _min_rtol(d: np.ndarray, absr: np.ndarray, tol: Tolerance, scale: float) -> float | None:
+def _min_rtol(
+    d: np.ndarray,
+    absr: np.ndarray,
+    tol: Tolerance,
+    scale: float,
+    buffer: np.ndarray | None = None,
+) -> float | None:
     """Smallest rtol x with max(atol, x*F*S) + x*|r| >= |d| everywhere (F*S fixed).
 
     Per element that is min((|d| - atol) / |r|, |d| / (F*S + |r|)) where |d| > atol, else 0.
+    ``buffer``, a scratch array shaped like ``d``, saves a full-size allocation.
     """
     over = d > tol.atol
     if not over.any():
@@ -578,7 +584,7 @@ def _min_rtol(d: np.ndarray, absr: np.ndarray, tol: Tolerance, scale: float) -> 
     floor_scale = tol.atol_scale_factor * scale
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if tol.atol == 0.0:  # the common case: the second term is always the smaller
-            need = np.add(absr, floor_scale)
+            need = np.add(absr, floor_scale, out=buffer)
             np.divide(d, need, out=need)
             need[~over] = 0.0
         else:
@@ -700,17 +706,17 @@ def compare_tensors(
         rtol_used, atol_used = None, noise.max_limit
     else:
         atol_used = effective_atol(tolerance, reference_scale=ref_scale, input_scale=input_scale)
-        threshold = absr * tolerance.rtol
+        scratch = np.multiply(absr, tolerance.rtol)
+        scratch += atol_used
+        mismatch = d > scratch
         if nf.count == 0 and d.size:
-            need = np.subtract(d, threshold)
-            min_atol = max(0.0, float(np.max(need))) * _ROUND_UP
-            del need
-            min_rtol = _min_rtol(d, absr, tolerance, scale)
+            np.multiply(absr, tolerance.rtol, out=scratch)  # the same rounding as the check
+            np.subtract(d, scratch, out=scratch)
+            min_atol = max(0.0, float(np.max(scratch))) * _ROUND_UP
+            min_rtol = _min_rtol(d, absr, tolerance, scale, buffer=scratch)
         elif d.size == 0:
             min_atol, min_rtol = 0.0, 0.0
-        threshold += atol_used
-        mismatch = d > threshold
-        del threshold
+        del scratch
     if nf.mismatch is not None:
         mismatch |= nf.mismatch
 
