@@ -32,6 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run_replay)
 
+    d = sub.add_parser(
+        "demo", help="record the example model, replay a correct and a broken port, show the bad layer",
+        description="The whole workflow on the bundled example, CPU-only: record, replay correct "
+        "candidates, replay the classic broken softmax, train both, write everything to DIR.")
+    d.add_argument("--out", default="demo-out", metavar="DIR", help="where to write traces and reports (default demo-out)")
+    d.add_argument("--train-steps", type=int, default=240, metavar="N", help="training steps for the loss curves (default 240)")
+    d.set_defaults(func=run_demo_command)
+
 
 def _tolerance_table(args: argparse.Namespace):  # noqa: ANN202 - replayer types load lazily
     from ._tolerance import parse_tolerance_overrides
@@ -78,3 +86,9 @@ def run_replay(args: argparse.Namespace) -> int:
         if path and not args.quiet:
             err.print(f"wrote {Path(path)}", style="dim")
     return 0 if report.ok else 1
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(Path(args.out), train_steps=args.train_steps)
