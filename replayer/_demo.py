@@ -39,7 +39,7 @@ def loss_plot(series: dict[str, list[float]], *, width: int = 60, height: int = 
     span = (hi - lo) or 1.0
     n = max(len(s) for s in series.values())
     grid: list[list[tuple[str, str]]] = [[(" ", "")] * width for _ in range(height)]
-    for (name, s), (mark, style) in zip(series.items(), styles, strict=False):
+    for s, (mark, style) in zip(series.values(), styles, strict=False):
         for col in range(width):
             lo_i, hi_i = col * n // width, max(col * n // width + 1, (col + 1) * n // width)
             chunk = s[lo_i:hi_i]
