@@ -71,10 +71,11 @@ def run_demo(out: Path, *, console: Console | None = None, train_steps: int = TR
     from ._console import print_report
     from ._outputs import write_report_files
     from ._replay import ReplayOptions, replay_trace
-    from ._report import describe_failure
     from ._swap import swap_in_candidates
 
     console = console or Console()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
     torch.set_num_threads(1)  # a tiny model: more threads only add contention on small CPUs
     ex = examples_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -115,10 +116,10 @@ def run_demo(out: Path, *, console: Console | None = None, train_steps: int = TR
                        results_path=str(files["results"]))
     first = broken.first_divergence("backward")
     if first is not None:
+        worst = first.worst()
         console.print(Text.assemble(("→ first bad layer: ", "bold"),
                                     (f"{first.label} ({first.phase})", "bold red"),
-                                    f"; bad batch elements: {first.bad_batch_indices}"))
-        console.print(f"  {describe_failure(first)}")
+                                    f": {worst.batch_note if worst else ''}"))
 
     console.rule(f"[bold]4. train {train_steps} steps: reference vs broken softmax spliced in")
     module = recorder.load_recipe(str(ex / "translation.py")).module

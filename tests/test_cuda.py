@@ -1,0 +1,108 @@
+"""CUDA paths: recording through pinned side-stream copies, device summaries, GPU replay.
+
+Skipped without a CUDA device; run on a lent GPU with ``pytest -m cuda``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import recorder  # noqa: E402
+import tracefmt  # noqa: E402
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = str(ROOT / "examples" / "translation.py")
+
+
+@pytest.fixture(scope="module")
+def cuda_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cuda") / "ref_cuda.h5"
+    recorder.record_recipe(RECIPE, path, steps=2, device="cuda", seed=0)
+    return path
+
+
+class TestRecordOnCuda:
+    def test_trace_is_complete_and_tensors_match_summaries(self, cuda_trace: Path) -> None:
+        """A CUDA recording is complete, and stored values agree with their recorded summaries."""
+        with tracefmt.open_trace(cuda_trace) as r:
+            assert r.complete and r.n_calls > 100
+            for call in list(r.calls())[:40]:
+                for tid in call.tensors().values():
+                    info = r.tensor(tid)
+                    if info.has_payload and info.summary is not None and info.numel:
+                        v = r.read(tid).astype(np.float64)
+                        fin = v[np.isfinite(v)]
+                        if fin.size:
+                            assert fin.max() == pytest.approx(info.summary.max, rel=1e-6, abs=1e-12)
+
+    def test_environment_names_the_gpu(self, cuda_trace: Path) -> None:
+        """The run event names the CUDA device and the CUDA RNG state is recorded per call."""
+        with tracefmt.open_trace(cuda_trace) as r:
+            assert "cuda" in str(r.run.environment.get("cuda") or "") or r.run.environment["cuda"]
+            call = r.call(1)
+            assert call.rng.get("cuda"), "CUDA RNG state missing"
+
+    def test_stats_mode_on_cuda_matches_full(self, tmp_path: Path, cuda_trace: Path) -> None:
+        """Device-side summaries (one transfer per step) equal the numpy summaries of full mode."""
+        stats_path = tmp_path / "stats.h5"
+        opts = recorder.RecordOptions(mode="stats")
+        recorder.record_recipe(RECIPE, stats_path, steps=1, device="cuda", seed=0, options=opts)
+        with tracefmt.open_trace(stats_path) as s, tracefmt.open_trace(cuda_trace) as f:
+            assert s.bytes_stored == 0
+            for cs, cf in zip(list(s.calls(step=0))[:50], list(f.calls(step=0))[:50], strict=True):
+                for name, tid in cs.tensors().items():
+                    a, b = s.tensor(tid).summary, f.tensor(cf.tensors()[name]).summary
+                    assert a is not None and b is not None
+                    assert a.nan == b.nan and a.count == b.count
+                    assert a.max == pytest.approx(b.max, rel=1e-5, abs=1e-9)
+
+
+class TestReplayOnCuda:
+    def test_correct_candidates_pass_on_gpu(self, cuda_trace: Path) -> None:
+        """The correct example candidates pass when replayed on the GPU."""
+        from replayer import ReplayOptions, replay_trace
+
+        rep = replay_trace(
+            str(cuda_trace),
+            str(ROOT / "examples/candidates/correct.py"),
+            options=ReplayOptions(device="cuda"),
+        )
+        assert rep.ok, rep.counts()
+
+    def test_broken_softmax_caught_on_gpu(self, cuda_trace: Path) -> None:
+        """The batch-0-only softmax backward is caught on the GPU with batch elements 1..7 named."""
+        from replayer import ReplayOptions, replay_trace
+
+        rep = replay_trace(
+            str(cuda_trace),
+            str(ROOT / "examples/candidates/buggy/softmax_batch0_grad.py"),
+            options=ReplayOptions(device="cuda"),
+        )
+        first = rep.first_divergence("backward")
+        assert first is not None and first.module.endswith("softmax")
+        assert first.bad_batch_indices == list(range(1, 8))
+
+    def test_triton_candidates_pass_on_gpu(self, cuda_trace: Path) -> None:
+        """The Triton LayerNorm and softmax kernels, compiled for the GPU, pass the replay."""
+        pytest.importorskip("triton")
+        if os.environ.get("TRITON_INTERPRET"):
+            pytest.skip("TRITON_INTERPRET is set: this test is for compiled kernels")
+        from replayer import ReplayOptions, replay_trace
+
+        rep = replay_trace(
+            str(cuda_trace),
+            str(ROOT / "examples/candidates/triton_kernels.py"),
+            options=ReplayOptions(device="cuda"),
+        )
+        assert rep.ok, [r.to_dict() for r in rep.results if r.status != "pass"][:2]
