@@ -23,6 +23,9 @@ __all__ = ["capture_constructor_args", "derive_constructor_args", "ConstructorAr
 
 ConstructorArgs = tuple[tuple[Any, ...], dict[str, Any]]
 
+# ``__init__``s that take ``*args, **kwargs`` and need none of them.
+_TAKES_NOTHING = (nn.Module.__init__, nn.Identity.__init__)
+
 _captured: weakref.WeakKeyDictionary[nn.Module, ConstructorArgs] = weakref.WeakKeyDictionary()
 
 
@@ -30,6 +33,7 @@ _captured: weakref.WeakKeyDictionary[nn.Module, ConstructorArgs] = weakref.WeakK
 def capture_constructor_args() -> Iterator[None]:
     """Within this block, remember how each nn.Module was constructed."""
     previous = sys.getprofile()
+    previous_threads = threading.getprofile()
     seen: set[int] = set()
 
     def profile(frame: Any, event: str, arg: Any) -> None:
@@ -50,8 +54,23 @@ def capture_constructor_args() -> Iterator[None]:
     try:
         yield
     finally:
+        _restore_profile(previous)
+        threading.setprofile(previous_threads)
+
+
+def _restore_profile(previous: Any) -> None:
+    """Put back the profiler that ran before: a Python function, or cProfile's C-level hook.
+
+    ``sys.getprofile()`` reports an active ``cProfile.Profile`` as the object itself, which
+    ``sys.setprofile`` refuses (not callable); it re-installs itself with ``enable()``.
+    """
+    if previous is None or callable(previous):
         sys.setprofile(previous)
-        threading.setprofile(previous)
+    elif callable(getattr(previous, "enable", None)):
+        sys.setprofile(None)
+        previous.enable()
+    else:
+        sys.setprofile(None)
 
 
 def _args_from_frame(frame: Any) -> ConstructorArgs:
@@ -82,8 +101,13 @@ def derive_constructor_args(module: nn.Module) -> ConstructorArgs | None:
         sig = inspect.signature(type(module).__init__)
     except (TypeError, ValueError):
         return None
+    params = list(sig.parameters.values())[1:]
+    if params and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params) \
+            and type(module).__init__ not in _TAKES_NOTHING:
+        return None  # ``__init__(self, *args, **kwargs)`` (LSTM, GRU): names unknown
     kwargs: dict[str, Any] = {}
-    for name, p in list(sig.parameters.items())[1:]:
+    for p in params:
+        name = p.name
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("device", "dtype"):
             continue
         if hasattr(module, name):

@@ -125,6 +125,8 @@ def record_recipe(
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 rec.backward(loss)
                 if optimizer is not None:
+                    rec.record_param_grads()
+                    _unscale_grads(model, rec.options.grad_scale)
                     optimizer.step()
             elif isinstance(loss, (torch.Tensor, float, int)):
                 rec.note_loss(float(loss))
@@ -134,6 +136,16 @@ def record_recipe(
         raise
     rec.close(complete=True)
     return rec.stats | {"seconds": time.perf_counter() - start, "steps": steps}
+
+
+def _unscale_grads(model: nn.Module, scale: float) -> None:
+    """Undo the recording's grad scale before the optimizer steps, so training is unchanged."""
+    if scale == 1.0:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.div_(scale)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -4,13 +4,14 @@ Forward: a pre-hook (with kwargs) snapshots the inputs, RNG state and modes; a p
 snapshots the outputs and writes the CALL event. Backward: inputs that require grad are
 passed to the module as identity views, so a hook on the view sees exactly this call's
 input gradient (a hook on the caller's tensor would see the sum over all its consumers);
-``register_multi_grad_hook`` on those views and on the outputs collects the gradients
+one ``_GradCollector`` per call gathers the gradients of those views and of the outputs
 whatever in-place ops follow, for kwargs tensors and multiple outputs too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,20 @@ class RecordOptions:
 
 
 @dataclass
+class _Alias:
+    """An identity view handed to the module in place of an input that requires grad.
+
+    ``base`` and ``base_fn`` (the view's base and its grad_fn when the view was made) find
+    the gradient of the input when the module modifies the view in place.
+    """
+
+    view: torch.Tensor
+    version: int
+    base: torch.Tensor
+    base_fn: Any
+
+
+@dataclass
 class _Frame:
     call: int
     module: nn.Module
@@ -72,11 +87,58 @@ class _Frame:
     versions: dict[str, int]
     args_template: Any
     kwargs_template: Any
-    n_inputs: int
-    grad_in: list[torch.Tensor | None] = field(default_factory=list)
+    aliases: list[_Alias] = field(default_factory=list)
     out_template: Any = None
-    grad_out: list[torch.Tensor | None] | None = None
     done: bool = False
+
+
+class _GradCollector:
+    """Gathers the gradients of a call's outputs and inputs in one backward pass, then reports.
+
+    Like ``register_multi_grad_hook(mode="all")``, with two differences that matter here:
+    a tensor whose hook fires counts even when the engine does not list its node as one it
+    will execute (the loss itself, when ``backward()`` starts from it, is such a root), and
+    a gradient can come from a node's post-hook (an input the module modified in place).
+    Slots whose node does not run in this backward report None.
+    """
+
+    def __init__(self, n: int, on_done: Callable[[list[torch.Tensor | None]], None]) -> None:
+        self._n = n
+        self._on_done = on_done
+        self._nodes: dict[int, Any] = {}
+        self._tasks: dict[int, tuple[set[int], list[torch.Tensor | None]]] = {}
+        self._lock = threading.Lock()
+
+    def watch_tensor(self, slot: int, t: torch.Tensor) -> None:
+        """Report ``t``'s gradient (w.r.t. its value now, even if modified in place later)."""
+        self._nodes[slot] = torch.autograd.graph._get_grad_fn_or_grad_acc(t)
+        t.register_hook(lambda grad, s=slot: self._fire(s, grad))
+
+    def watch_node(self, slot: int, node: Any,
+                   pick: Callable[[tuple[torch.Tensor | None, ...]], torch.Tensor | None]) -> None:
+        """Report ``pick(grad_inputs)`` of ``node`` once it has run."""
+        self._nodes[slot] = node
+
+        def post(grad_inputs: Any, grad_outputs: Any, s: int = slot) -> None:
+            self._fire(s, pick(grad_inputs))
+
+        node.register_hook(post)
+
+    def _fire(self, slot: int, grad: torch.Tensor | None) -> None:
+        task = torch._C._current_graph_task_id()
+        with self._lock:
+            state = self._tasks.get(task)
+            if state is None:
+                expected = {s for s, node in self._nodes.items()
+                            if torch._C._will_engine_execute_node(node)}
+                state = self._tasks[task] = (expected, [None] * self._n)
+            expected, grads = state
+            grads[slot] = grad
+            expected.discard(slot)
+            if expected:
+                return
+            del self._tasks[task]
+        self._on_done(grads)
 
 
 def _is_tensor(x: Any) -> bool:
@@ -128,9 +190,12 @@ class Recorder:
         self.step_index = 0
         self.calls = 0
         self._step_started = False
+        self._grads_recorded = False
         self._module_calls: dict[str, int] = defaultdict(int)
         self._total_module_calls: dict[str, int] = defaultdict(int)
-        self._recomputes: dict[str, int] = defaultdict(int)
+        self._recomputes: dict[str, int] = defaultdict(int)  # this backward's, by module path
+        self._pending_bwd: list[tuple[_Frame, dict[str, Any]]] = []
+        self._bwd_flush_queued = False
         self._bwd_order = 0
         self._since_flush = 0
         self._last_rng: tuple[torch.Tensor, int] | None = None
@@ -223,7 +288,11 @@ class Recorder:
                                               "buffers": buffers}, step=self.step_index)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Call backward on ``loss`` times the recording's grad scale, and remember the loss."""
+        """Call backward on ``loss`` times the recording's grad scale, and remember the loss.
+
+        With a grad scale, an optimizer step wants the gradients divided back: call
+        ``record_param_grads()`` first so the trace keeps the scaled ones.
+        """
         self._loss = float(loss.detach().float().item())
         scale = self.options.grad_scale
         (loss * scale if scale != 1.0 else loss).backward()
@@ -231,13 +300,26 @@ class Recorder:
     def note_loss(self, loss: float) -> None:
         self._loss = float(loss)
 
+    def record_param_grads(self) -> None:
+        """Write this step's parameter gradients now (once per step; ``step()`` does otherwise).
+
+        Call it before anything changes the gradients, e.g. unscaling them for an optimizer.
+        """
+        if not self._step_started or self._grads_recorded:
+            return
+        self._grads_recorded = True
+        grads = {n: self._capture.capture(p.grad) for n, p in self.model.named_parameters()
+                 if p.grad is not None and supported(p.grad)}
+        self._sink.put_event(EventKind.PARAM_GRADS, {"step": self.step_index, "grads": grads,
+                                                     "loss": self._loss}, step=self.step_index)
+
     def step(self) -> None:
         """End the current step: write parameter gradients, flush, move to the next step."""
-        if self._step_started:
-            grads = {n: self._capture.capture(p.grad) for n, p in self.model.named_parameters()
-                     if p.grad is not None and supported(p.grad)}
-            self._sink.put_event(EventKind.PARAM_GRADS, {"step": self.step_index, "grads": grads,
-                                                         "loss": self._loss}, step=self.step_index)
+        if self._pending_bwd:
+            self._flush_backward()
+        self.record_param_grads()
+        self._grads_recorded = False
+        self._recomputes.clear()
         self._capture.flush_stats()
         self._sink.flush(wait=False)
         self._since_flush = 0
@@ -286,29 +368,22 @@ class Recorder:
             "kwargs": kwargs_node, "buffers_before": buffers_before, "replayable": replayable,
             "notes": notes,
         }
-        frame = _Frame(call, module, path, index, body, versions, args, kwargs, 0)
+        frame = _Frame(call, module, path, index, body, versions, args, kwargs)
         self._stack.append(frame)
         if not torch.is_grad_enabled():
             return None
-        aliases: list[torch.Tensor] = []
 
         def alias(t: torch.Tensor) -> torch.Tensor:
             if _wants_grad(t):
                 v = t.view_as(t)
-                aliases.append(v)
+                base = v._base if v._base is not None else t
+                frame.aliases.append(_Alias(v, v._version, base, base.grad_fn))
                 return v
             return t
 
         new_args = _map_tensors(tuple(args), alias)
         new_kwargs = _map_tensors(dict(kwargs), alias)
-        frame.n_inputs = len(aliases)
-        frame.args_template, frame.kwargs_template = args, kwargs
-        if aliases:
-            frame.grad_in = [None] * len(aliases)
-            torch.autograd.graph.register_multi_grad_hook(
-                aliases, lambda grads, f=frame: self._on_input_grads(f, grads), mode="all")
-            return new_args, new_kwargs
-        return None
+        return (new_args, new_kwargs) if frame.aliases else None
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self._stack:
@@ -320,6 +395,11 @@ class Recorder:
         body["outputs"] = tracefmt.describe(output, self._leaf)
         if tracefmt.has_opaque(body["outputs"]):
             body["notes"].append("an output has no recordable form (opaque)")
+        modified = [a for a in frame.aliases if a.view._version != a.version]
+        if modified:
+            body["notes"].append(
+                f"{len(modified)} input(s) modified in place by the module; recorded values and "
+                "gradients are those of the input before the modification")
         body["buffers_after"] = {
             n: self._capture.capture(b) for n, b in module.named_buffers(recurse=False)
             if supported(b) and b._version != frame.versions.get(n)
@@ -330,12 +410,8 @@ class Recorder:
         if self._since_flush >= self.options.flush_every and not self._capture.has_pending_stats:
             self._sink.flush(wait=False)
             self._since_flush = 0
-        outs = [t for t in _flat_tensors(output) if _wants_grad(t)]
         frame.out_template = output
-        if outs and torch.is_grad_enabled():
-            frame.grad_out = [None] * len(outs)
-            torch.autograd.graph.register_multi_grad_hook(
-                outs, lambda grads, f=frame: self._on_output_grads(f, grads), mode="all")
+        self._watch_grads(frame, [t for t in _flat_tensors(output) if _wants_grad(t)])
         if self._on_progress and frame.call % 64 == 0:
             self._on_progress(self)
 
@@ -364,25 +440,36 @@ class Recorder:
 
     # -- backward --------------------------------------------------------------------------
 
-    def _on_output_grads(self, frame: _Frame, grads: Any) -> None:
-        frame.grad_out = list(grads)
-        if frame.n_inputs == 0:
-            self._emit_backward(frame)
+    def _watch_grads(self, frame: _Frame, outs: list[torch.Tensor]) -> None:
+        """Collect this call's output gradients, then its input gradients, in one report."""
+        if not torch.is_grad_enabled() or not (outs or frame.aliases):
+            return
+        n_out = len(outs)
+        collector = _GradCollector(
+            n_out + len(frame.aliases),
+            lambda grads, f=frame: self._emit_backward(f, grads[:n_out], grads[n_out:]))
+        for slot, t in enumerate(outs):
+            collector.watch_tensor(slot, t)
+        for slot, a in enumerate(frame.aliases, start=n_out):
+            if a.view._version == a.version:
+                collector.watch_tensor(slot, a.view)
+                continue
+            node = _first_rewrite(a.base.grad_fn, a.base_fn)
+            if node is not None:
+                collector.watch_node(slot, node, lambda gi, a=a: _view_grad(gi, a))
+        frame.aliases = []
 
-    def _on_input_grads(self, frame: _Frame, grads: Any) -> None:
-        frame.grad_in = list(grads)
-        self._emit_backward(frame)
-
-    def _emit_backward(self, frame: _Frame) -> None:
+    def _emit_backward(self, frame: _Frame, grad_out: list[torch.Tensor | None],
+                       grad_in: list[torch.Tensor | None]) -> None:
         if frame.done or self._closed:
             return
         frame.done = True
-        outs = iter(frame.grad_out or [])
+        outs = iter(grad_out)
 
         def out_leaf(t: torch.Tensor) -> Any:
             return next(outs, None) if _wants_grad(t) else None
 
-        ins = iter(frame.grad_in)
+        ins = iter(grad_in)
 
         def in_leaf(t: torch.Tensor) -> Any:
             return next(ins, None) if _wants_grad(t) else None
@@ -395,13 +482,27 @@ class Recorder:
             "grad_outputs": tracefmt.describe(grad_outputs, self._leaf),
             "grad_args": tracefmt.describe(grad_args, self._leaf),
             "grad_kwargs": tracefmt.describe(grad_kwargs, self._leaf),
-            "recomputes": self._recomputes.get(frame.path, 0),
         }
         self._bwd_order += 1
-        self._sink.put_event(EventKind.BACKWARD, body, step=frame.body["step"], call=frame.call,
-                             module=self._module_index[frame.module])
+        self._pending_bwd.append((frame, body))
+        if not self._bwd_flush_queued:
+            self._bwd_flush_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._flush_backward)
         frame.out_template = frame.args_template = frame.kwargs_template = None
-        frame.grad_in, frame.grad_out = [], None
+
+    def _flush_backward(self) -> None:
+        """Write the backward events of a finished backward pass, with its recompute counts.
+
+        Gradients were snapshotted when they arrived; the events wait for the end of the pass
+        because a checkpointed module's recompute can come after its output gradient.
+        """
+        self._bwd_flush_queued = False
+        pending, self._pending_bwd = self._pending_bwd, []
+        for frame, body in pending:
+            body["recomputes"] = self._recomputes.get(frame.path, 0)
+            self._sink.put_event(EventKind.BACKWARD, body, step=frame.body["step"],
+                                 call=frame.call, module=self._module_index[frame.module])
+        self._recomputes.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -440,6 +541,34 @@ class Recorder:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.close(complete=exc_type is None)
+
+
+def _first_rewrite(node: Any, before: Any) -> Any:
+    """The first in-place node (CopySlices) stacked on ``before``, walking down from ``node``.
+
+    When a module modifies its input view in place, autograd rewrites the view's base: the
+    base's grad_fn becomes a CopySlices node whose first input is the base's old grad_fn. The
+    gradient that node passes on is the one w.r.t. the input before it was modified.
+    """
+    if before is None:
+        return None
+    for _ in range(256):
+        if node is None or not node.next_functions:
+            return None
+        below = node.next_functions[0][0]
+        if below is before:
+            return node
+        node = below
+    return None
+
+
+def _view_grad(grad_inputs: tuple[torch.Tensor | None, ...], alias: _Alias) -> torch.Tensor | None:
+    """The part of a CopySlices node's base gradient that belongs to the aliased input."""
+    g = grad_inputs[0] if grad_inputs else None
+    if g is None:
+        return None
+    v = alias.view
+    return g.as_strided(v.shape, v.stride(), v.storage_offset() - alias.base.storage_offset())
 
 
 @contextmanager

@@ -25,7 +25,10 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     x = t.detach()
     if x.is_complex():
         x = x.abs()
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # float64 and integers need float64 to be summarised exactly (int64 ids above 2**24 do not
+    # fit float32); narrower floats and bool are exact in float32.
+    exact32 = (x.is_floating_point() and x.dtype != torch.float64) or x.dtype == torch.bool
+    compute = torch.float32 if exact32 else torch.float64
     f = x.to(compute).reshape(-1)
     n = f.numel()
     if not f.is_floating_point() or n == 0:
@@ -46,7 +49,7 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     mean = fz.to(torch.float64).sum() / denom
     centred = torch.where(finite, f.to(torch.float64) - mean, 0.0)
     std = torch.sqrt((centred * centred).sum() / denom)
-    span = (hi - lo).to(torch.float64)
+    span = hi.to(torch.float64) - lo.to(torch.float64)  # in float64, as numpy does
     scale = torch.where(span > 0, HIST_BINS / span, torch.zeros_like(span))
     idx = ((f.to(torch.float64) - lo) * scale).clamp(0, HIST_BINS - 1).to(torch.int64)
     idx = torch.where(finite, idx, HIST_BINS)
@@ -63,7 +66,10 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
         zeros.to(torch.float64),
     ])
     parts = [header, hist.to(torch.float64)]
-    if x.dim() > 0 and x.shape[0] > 0 and n > 0:
+    if x.dim() > 0 and x.shape[0] > 0 and n == 0:  # (B, 0, ...): B rows of zeros, as numpy
+        parts.append(torch.zeros(min(x.shape[0], _MAX_BATCH) * _BATCH_COLS, dtype=torch.float64,
+                                 device=f.device))
+    elif x.dim() > 0 and x.shape[0] > 0:
         b = min(x.shape[0], _MAX_BATCH)
         rows_f = f.reshape(x.shape[0], -1)[:b]
         rows = fz.reshape(x.shape[0], -1)[:b].to(torch.float64)

@@ -1,0 +1,45 @@
+"""Shared fixtures: recordings of the example recipe, each made once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "translation.py"
+EXAMPLE_STEPS = 2
+EXAMPLE_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def translation_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-mode recording of ``examples/translation.py``: 2 steps, seed 0."""
+    import recorder
+
+    path = tmp_path_factory.mktemp("translation") / "ref.h5"
+    recorder.record_recipe(str(EXAMPLE), path, steps=EXAMPLE_STEPS, seed=EXAMPLE_SEED)
+    return path
+
+
+@pytest.fixture(scope="session")
+def translation_reader(translation_trace: Path) -> Iterator[object]:
+    """The session's example recording, opened once for reading."""
+    import tracefmt
+
+    with tracefmt.open_trace(translation_trace) as reader:
+        yield reader
+
+
+@pytest.fixture(scope="session")
+def translation_eval_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One step of ``examples/translation.py`` recorded in eval mode (Dropout is the identity)."""
+    import recorder
+
+    recipe = recorder.load_recipe(str(EXAMPLE))
+    model = recipe.build_model().eval()
+    path = tmp_path_factory.mktemp("translation-eval") / "eval.h5"
+    with recorder.record(model, path) as rec:
+        rec.backward(recipe.run_step(model, 0))
+        rec.step()
+    return path
