@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The example models are tiny: on a loaded 2-core machine a second intra-op thread only adds
+# contention (a 10 ms step became 1 s). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "translation.py"
 EXAMPLE_STEPS = 2
