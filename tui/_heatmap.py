@@ -78,6 +78,8 @@ class Heatmap:
     ``width``/``height`` are the whole renderable's size in cells (title and legend
     included); unset, they follow the console. ``window`` selects a region of the folded
     array, while colours stay relative to the whole array's range (stable when scrolling).
+    ``band_offset`` is the batch index of the first band, when ``data`` is a batch slice
+    of a tensor too large to read whole, so band labels keep their true indices.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Heatmap:
         ramp: RampKind | Literal["auto"] = "auto",
         window: Window | None = None,
         legend: bool = True,
+        band_offset: int = 0,
     ) -> None:
         arr = np.asarray(data)
         if arr.ndim != 2:
@@ -109,6 +112,7 @@ class Heatmap:
         self.settings = settings
         self.title = title
         self.band_height = max(1, int(band_height))
+        self.band_offset = max(0, int(band_offset))
         self.window: Window = window or (0, arr.shape[0], 0, arr.shape[1])
         self.legend = legend
         self.fixed_range = value_range is not None
@@ -142,7 +146,7 @@ class Heatmap:
         bands = -(-rows // self.band_height)
         if bands <= 1 or self.band_height == 1:
             return 0
-        margin = len(f"b{bands - 1}") + 1
+        margin = len(f"b{self.band_offset + bands - 1}") + 1
         return margin if margin * 3 <= width else 0
 
     def _legend(self, settings: RenderSettings, rf: int, cf: int, width: int) -> list[Line]:
@@ -246,7 +250,8 @@ class Heatmap:
                 band = first // self.band_height
                 if top and band * self.band_height < first:
                     band += 1
-                label = f"b{band}" if top == 0 or band * self.band_height < last else ""
+                shown = top == 0 or band * self.band_height < last
+                label = f"b{band + self.band_offset}" if shown else ""
                 line.append(Segment(label.rjust(margin - 1) + " ", _LABEL_STYLE))
             if settings.plain:
                 line.append(Segment("".join(glyph(int(c)) for c in codes[top])))
