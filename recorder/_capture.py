@@ -1,8 +1,8 @@
 """Turning live tensors into tensor ids: snapshot, deduplicate, hand to the writer.
 
 A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
-tensors are cloned; CUDA tensors are cloned on the compute stream (fast, device memory)
-and copied to pinned host memory on a side stream, so the compute stream never waits for
+tensors are cloned; CUDA tensors are cloned and summarised on the compute stream (fast, device
+memory) and copied to pinned host memory on a side stream, so the compute stream never waits for
 the host. The same tensor seen twice in a step (a module's output is the next module's
 input) is stored once: the key is storage pointer, offset, shape, strides, dtype and
 version counter, validated by a weak reference to the first tensor so recycled memory is
@@ -85,7 +85,10 @@ class TensorCapture:
                           nbytes=nbytes, **kw)
 
     def _queue_cuda(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+        """Snapshot on the compute stream, summarise on the device, copy to pinned host
+        memory on a side stream: the host thread then only checksums and writes."""
         snap = t.clone(memory_format=torch.contiguous_format)
+        vec = summary_vector(snap)
         stream = self._side_streams.get(t.device)
         if stream is None:
             stream = self._side_streams[t.device] = torch.cuda.Stream(t.device)
@@ -93,12 +96,16 @@ class TensorCapture:
         with torch.cuda.stream(stream):
             host = torch.empty(snap.shape, dtype=snap.dtype, pin_memory=True)
             host.copy_(snap, non_blocking=True)
+            host_vec = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+            host_vec.copy_(vec, non_blocking=True)
             snap.record_stream(stream)
+            vec.record_stream(stream)
             done = torch.cuda.Event()
             done.record(stream)
-        del snap
-        self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda h=host: to_numpy(h),
-                                        ready=done.synchronize))
+        del snap, vec
+        self.sink.put_tensor(self._item(
+            t, tid, nbytes, data=lambda h=host: to_numpy(h),
+            summary=lambda v=host_vec: unpack_summary(v.numpy()), ready=done.synchronize))
 
     def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
         """Stats mode: the summary is computed on the device now, fetched at ``flush_stats``."""
