@@ -155,12 +155,14 @@ def load_mapped_weights(
     """Load reference weights into a candidate whose names differ.
 
     ``mapping`` maps each candidate state-dict name to a reference name or to a function of
-    all reference weights (e.g. concatenating q/k/v into one fused matrix).
+    all reference weights (e.g. concatenating q/k/v into one fused matrix). It loads through
+    ``nn.Module.load_state_dict`` itself, so a candidate may call it from its own
+    ``load_state_dict`` override (which is what the replayer calls with reference weights).
     """
     state = {}
     for name, source in mapping.items():
         state[name] = source(weights) if callable(source) else weights[source]
-    module.load_state_dict(state, strict=strict)
+    nn.Module.load_state_dict(module, state, strict=strict)
 
 
 def build_candidate(

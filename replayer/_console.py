@@ -6,7 +6,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ._report import CallResult, ReplayReport, describe_failure
+from ._report import CallResult, ReplayReport, StepResult, describe_failure
 
 __all__ = ["render_report", "print_report"]
 
@@ -35,17 +35,47 @@ def _batches(r: CallResult) -> str:
     return f"{bad[0]}..{bad[-1]} ({len(bad)})"
 
 
+def _tolerances(table: dict) -> str:
+    """The overrides in force, as given on the command line; or that defaults applied."""
+    def fields(d: dict) -> str:
+        return ",".join(f"{k}={v:g}" for k, v in d.items() if k != "pattern")
+
+    parts = [fields(table.get("global") or {})] if table.get("global") else []
+    parts += [f"{m['pattern']}:{fields(m)}" for m in table.get("modules") or []]
+    return "; ".join(parts) + " (unset fields: dtype defaults)" if parts else "dtype defaults"
+
+
+def _step_line(step: StepResult) -> Text:
+    """``step N: loss reference X, candidate Y`` and what failed, for diff and splice."""
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.6g}"
+
+    line = Text.assemble(
+        (f"step {step.step}: ", "bold"),
+        f"loss reference {num(step.loss_reference)}, candidate {num(step.loss_candidate)} ",
+        ("pass", "green") if step.passed else ("FAIL", "bold red"))
+    for t in step.tensors:
+        if not t.passed:
+            line.append(f"\n  {t.name}: {t.message}")
+    for note in step.notes:
+        line.append(f"\n  {note}", style="dim")
+    return line
+
+
 def render_report(report: ReplayReport, *, all_calls: bool = False, limit: int = 40) -> Group:
     """The summary: counts, first divergences, and the table (failing rows, or all)."""
     c = report.counts()
+    what = (f"{report.trace} against {report.candidates}: " if report.mode == "diff"
+            else f"{report.trace} with {report.candidates} on {report.device}: ")
+    verb = {"diff": "diff ", "splice": "splice "}.get(report.mode, "replay ")
     head = Text.assemble(
-        ("replay ", "bold"), f"{report.trace} with {report.candidates} on {report.device}: ",
+        (verb, "bold"), what,
         (f"{c['passed']} passed", "green"), ", ",
         (f"{c['failed']} failed", "bold red" if c["failed"] else ""), ", ",
         (f"{c['errors']} errors", "bold magenta" if c["errors"] else ""), ", ",
         f"{c['skipped']} skipped ({c['calls']} call results)",
     )
-    parts: list = [head]
+    parts: list = [head, Text(f"tolerances: {_tolerances(report.tolerances)}", style="dim")]
     for phase in ("forward", "backward"):
         first = report.first_divergence(phase)
         if first is None:
@@ -55,6 +85,7 @@ def render_report(report: ReplayReport, *, all_calls: bool = False, limit: int =
                 (f"first {phase} divergence: ", "bold"),
                 (f"call {first.call} {first.label} ({first.type})", "bold red"),
                 f"\n  {describe_failure(first)}"))
+    parts.extend(_step_line(s) for s in report.steps)
     rows = [r for r in report.results if all_calls or r.status in ("fail", "error")]
     if rows:
         table = Table(title=None, show_edge=False, pad_edge=False, expand=False)

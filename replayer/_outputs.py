@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 import tracefmt
 
@@ -15,7 +15,12 @@ from ._report import ReplayReport
 __all__ = ["write_report_files"]
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def _numpy(t: Any) -> np.ndarray:
+    """A torch tensor as numpy (torch imported only then: diff reports hold numpy already)."""
+    if isinstance(t, np.ndarray):
+        return t
+    import torch
+
     t = t.detach().cpu()
     if t.dtype in (torch.bfloat16, torch.complex32) or "float8" in str(t.dtype):
         t = t.float() if not t.is_complex() else t.to(torch.complex64)

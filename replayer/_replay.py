@@ -13,8 +13,8 @@ import fnmatch
 import importlib
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ __all__ = ["ReplayOptions", "replay_trace", "Comparer", "flatten_named"]
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """How to replay: device, which calls, tolerances, the float64 noise floor."""
+    """How to replay: device, which calls, tolerances, the float64 noise floor, and whether
+    candidates run in a child process (``isolate``, ``timeout`` seconds per call)."""
 
     device: str = "cpu"
     only: tuple[str, ...] = ()
@@ -44,6 +45,8 @@ class ReplayOptions:
     tolerances: ToleranceTable | None = None
     noise_floor: bool = False
     keep_outputs: bool = False
+    isolate: bool = False
+    timeout: float = 60.0
 
 
 def flatten_named(value: Any, prefix: str) -> dict[str, Any]:
@@ -79,7 +82,9 @@ class Comparer:
         self.table = tolerances or parse_tolerance_overrides(None)
 
     def compare(self, name: str, ref_id: int, cand: torch.Tensor | None, *, module: str,
-                input_scale: float | None = None, f64: torch.Tensor | None = None) -> TensorComparison:
+                input_scale: float | None = None, f64: torch.Tensor | None = None,
+                batched: bool = True) -> TensorComparison:
+        """``batched`` False for tensors whose first axis is not the batch (parameters)."""
         info = self.reader.tensor(ref_id)
         ref = self.reader.read(ref_id)
         tol = self.table.tolerance_for(info.dtype, module)
@@ -92,7 +97,7 @@ class Comparer:
             cand_dtype = dtype_name(cand.dtype)
         return compare_tensors(
             ref, cand_np, dtype=info.dtype, tolerance=tol, input_scale=input_scale,
-            batch_dim=0 if ref.ndim else None, name=name, candidate_dtype=cand_dtype,
+            batch_dim=0 if ref.ndim and batched else None, name=name, candidate_dtype=cand_dtype,
             float64_reference=None if f64 is None else f64.detach().cpu().numpy(),
         )
 
@@ -106,6 +111,22 @@ def _import_type(type_name: str) -> type | None:
         return obj if isinstance(obj, type) else None
     except (ImportError, AttributeError):
         return None
+
+
+_NO_CUDA_RNG = ("the trace has no CUDA RNG state (recorded on another device): random ops "
+                "such as dropout will not draw what the reference drew")
+
+
+def restore_precision_flags(flags: dict[str, Any]) -> None:
+    """``recorder``'s restore_flags, minus a no-op that costs seconds.
+
+    Turning deterministic algorithms off when they are off changes nothing, but torch's
+    first ``use_deterministic_algorithms`` call imports torch._dynamo (seconds per process).
+    """
+    if not flags.get("deterministic_algorithms", True) \
+            and not torch.are_deterministic_algorithms_enabled():
+        flags = {k: v for k, v in flags.items() if k != "deterministic_algorithms"}
+    restore_flags(flags)
 
 
 def _max_abs(tensors: Any) -> float | None:
@@ -126,8 +147,14 @@ class _Replayer:
         self.flags = reader.run.environment.get("flags", {}) or {}
         self._built: dict[tuple[str, int], BuiltCandidate] = {}
         self._param_grads: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)
+        self._f64_param_grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self._f64_missing: set[tuple[str, int]] = set()
         self._remaining: dict[tuple[str, int], int] = {}
+        self._all_selected: list[tracefmt.CallRecord] = []
         self.outputs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self.lost_param_grads: set[tuple[str, int]] = set()
+        self._notes: list[str] = []
+        self.on_phase: Callable[[int, str, CallResult | None], None] | None = None
 
     def selected_calls(self) -> list[tracefmt.CallRecord]:
         out = []
@@ -139,10 +166,21 @@ class _Replayer:
             if self.candidates.match(call.module, call.type) is None:
                 continue
             out.append(call)
-        for c in out:
-            key = (c.module, c.step)
-            self._remaining[key] = self._remaining.get(key, 0) + 1
         return out
+
+    def prepare(self, call_ids: Iterable[int] | None = None) -> list[tracefmt.CallRecord]:
+        """Select the calls and return those to run now (``call_ids``, or all selected).
+
+        Parameter gradients are summed over the calls run here; a module whose earlier calls
+        ran elsewhere (a crashed child process) is listed in ``lost_param_grads``.
+        """
+        calls = self.selected_calls()
+        self._all_selected = calls
+        if call_ids is not None:
+            wanted = set(call_ids)
+            calls = [c for c in calls if c.call in wanted]
+        self._remaining = dict(Counter((c.module, c.step) for c in calls))
+        return calls
 
     def _candidate(self, call: tracefmt.CallRecord) -> tuple[str, BuiltCandidate]:
         key, cand = self.candidates.match(call.module, call.type)  # type: ignore[misc]
@@ -150,16 +188,17 @@ class _Replayer:
         return key, built
 
     def _restore(self, call: tracefmt.CallRecord) -> None:
-        restore_flags(self.flags)
+        restore_precision_flags(self.flags)
         rng = call.rng or {}
         if isinstance(rng.get("cpu"), int):
             torch.set_rng_state(tensor_from_trace(self.reader, rng["cpu"], keep_strides=False))
         cuda = rng.get("cuda") or []
-        if self.device.type == "cuda" and cuda:
-            idx = self.device.index or 0
-            if idx < len(cuda):
-                state = tensor_from_trace(self.reader, cuda[idx], keep_strides=False)
-                torch.cuda.set_rng_state(state, self.device)
+        idx = self.device.index or 0
+        if self.device.type == "cuda" and idx < len(cuda):
+            state = tensor_from_trace(self.reader, cuda[idx], keep_strides=False)
+            torch.cuda.set_rng_state(state, self.device)
+        elif self.device.type == "cuda" and call.training and _NO_CUDA_RNG not in self._notes:
+            self._notes.append(_NO_CUDA_RNG)
 
     def run_call(self, call: tracefmt.CallRecord) -> tuple[CallResult, CallResult | None]:
         base = dict(call=call.call, module=call.module, type=call.type, step=call.step,
@@ -172,6 +211,9 @@ class _Replayer:
             self._remaining[(call.module, call.step)] -= 1
             return fwd, bwd
         start = time.perf_counter()
+        self._notes = []
+        if self.on_phase:
+            self.on_phase(call.call, "forward", None)
         try:
             key, built = self._candidate(call)
             args = rebuild_torch(call.args, self.reader, device=self.device)
@@ -205,13 +247,19 @@ class _Replayer:
             fwd_tensors.append(self.comparer.compare(
                 name, ref_id, cand_outs.get(name), module=call.module, input_scale=None,
                 f64=(f64_out or {}).get(name)))
+        notes, self._notes = self._notes, []
+        if self.options.noise_floor and f64_out is None:
+            notes.append(f"no float64 reference: {call.type} could not be imported or rebuilt "
+                         "here, so this call was judged by tolerance")
         fwd = CallResult(phase="forward", status=_status(fwd_tensors), tensors=fwd_tensors,
-                         candidate=key, seconds=time.perf_counter() - start, **base)
+                         candidate=key, seconds=time.perf_counter() - start, notes=notes, **base)
         del in_scale
         if self.options.keep_outputs:
             self.outputs[(call.call, "forward")] = {k: v.detach() for k, v in cand_outs.items()}
         bwd = None
         if has_bwd:
+            if self.on_phase:
+                self.on_phase(call.call, "backward", fwd)
             bwd = self._backward(call, built, key, inputs, cand_outs, f64_grads, base)
         else:
             self._remaining[(call.module, call.step)] -= 1
@@ -250,10 +298,12 @@ class _Replayer:
         for pname, p in built.params.items():
             if p.grad is not None:
                 acc[pname] = acc[pname] + p.grad.detach() if pname in acc else p.grad.detach().clone()
+        self._accumulate_f64(mkey, f64_grads)
         self._remaining[mkey] -= 1
         notes = []
         if self._remaining[mkey] == 0:
-            tensors.extend(self._param_comparisons(call, acc, g_scale, notes))
+            f64_acc = self._f64_param_grads.pop(mkey, None)
+            tensors.extend(self._param_comparisons(call, acc, g_scale, notes, f64_acc))
             self._param_grads.pop(mkey, None)
         if self.options.keep_outputs:
             self.outputs[(call.call, "backward")] = {
@@ -267,10 +317,29 @@ class _Replayer:
         return self.comparer.compare(name, gid, grad, module=call.module, input_scale=scale,
                                      f64=(f64 or {}).get(name))
 
+    def _accumulate_f64(self, mkey: tuple[str, int], f64: dict[str, torch.Tensor] | None) -> None:
+        """Sum the float64 reference's parameter gradients like the candidate's; one call
+        without them (no noise floor, or the reference class would not rebuild) drops all."""
+        if mkey in self._f64_missing:
+            return
+        params = {k: v for k, v in (f64 or {}).items() if k.startswith("param.")}
+        if not params:
+            self._f64_missing.add(mkey)
+            self._f64_param_grads.pop(mkey, None)
+            return
+        acc = self._f64_param_grads.setdefault(mkey, {})
+        for name, g in params.items():
+            acc[name] = acc[name] + g if name in acc else g.detach().clone()
+
     def _param_comparisons(self, call: tracefmt.CallRecord, acc: dict[str, torch.Tensor],
-                           scale: float | None, notes: list[str]) -> list[TensorComparison]:
+                           scale: float | None, notes: list[str],
+                           f64: dict[str, torch.Tensor] | None = None) -> list[TensorComparison]:
         recorded = self.reader.param_grads(call.step)
         if recorded is None:
+            return []
+        if (call.module, call.step) in self.lost_param_grads:
+            notes.append("parameter gradients not compared: an earlier call of this module "
+                         "ran in a child process that died")
             return []
         info = self.reader.module_info(call.module)
         prefix = f"{call.module}." if call.module else ""
@@ -288,7 +357,8 @@ class _Replayer:
             if full in shared or full not in recorded.grads:
                 continue
             out.append(self.comparer.compare(f"param.{pname}", recorded.grads[full], grad,
-                                             module=call.module, input_scale=scale))
+                                             module=call.module, input_scale=scale, batched=False,
+                                             f64=(f64 or {}).get(f"param.{pname}")))
         return out
 
     def _float64_reference(self, call: tracefmt.CallRecord, args: Any, kwargs: Any
@@ -327,14 +397,15 @@ class _Replayer:
                     torch.autograd.backward([p[0] for p in pairs], [p[1] for p in pairs])
                 ins = flatten_named(tuple(a64), "args") | flatten_named(dict(k64), "kwargs")
                 grads = {n: t.grad for n, t in ins.items() if t.grad is not None}
+                grads |= {f"param.{n}": p.grad for n, p in ref.named_parameters()
+                          if p.grad is not None}
             return {k: v.detach() for k, v in outs.items()}, grads
         except Exception:
             return None, None
 
     def run(self, on_progress: Callable[[int, int, CallResult], None] | None = None
             ) -> tuple[list[CallResult], list[CallResult]]:
-        calls = self.selected_calls()
-        self._all_selected = calls
+        calls = self.prepare()
         forward: list[CallResult] = []
         backward: dict[int, CallResult] = {}
         for i, call in enumerate(calls):
@@ -375,11 +446,13 @@ def replay_trace(
     from ._candidates import load_candidates
 
     options = options or ReplayOptions()
-    if isinstance(candidates, str):
-        candidates = load_candidates(candidates)
     dev = torch.device(options.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise tracefmt.UsageError("--device cuda asked for, but this torch sees no CUDA device")
+    if options.isolate:
+        return _replay_isolated(trace, candidates, options, on_progress)
+    if isinstance(candidates, str):
+        candidates = load_candidates(candidates)
     own = isinstance(trace, str)
     reader = tracefmt.open_trace(trace) if own else trace
     try:
@@ -393,6 +466,24 @@ def replay_trace(
     finally:
         if own:
             reader.close()
+
+
+def _replay_isolated(trace: str | tracefmt.TraceReader, candidates: CandidateSet | str,
+                     options: ReplayOptions,
+                     on_progress: Callable[[int, int, CallResult], None] | None) -> ReplayReport:
+    from ._isolate import replay_isolated
+
+    if not options.timeout > 0:
+        raise tracefmt.UsageError("--timeout must be a positive number of seconds")
+    path = str(trace.path if isinstance(trace, tracefmt.TraceReader) else trace)
+    tracefmt.open_trace(path).close()
+    spec = candidates if isinstance(candidates, str) else candidates.source
+    results, run = replay_isolated(path, spec, options=options, on_progress=on_progress)
+    table = options.tolerances or parse_tolerance_overrides(None)
+    report = ReplayReport(path, spec, str(torch.device(options.device)), results,
+                          tolerances=table.to_dict())
+    report.outputs = run.outputs  # type: ignore[attr-defined]
+    return report
 
 
 def iter_named_leaves(node: Any, prefix: str) -> Iterator[tuple[str, int]]:

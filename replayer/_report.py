@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 
 from ._compare import TensorComparison
 
-__all__ = ["CallResult", "ReplayReport"]
+__all__ = ["CallResult", "ReplayReport", "StepResult"]
 
 
 @dataclass
@@ -69,9 +69,55 @@ class CallResult:
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallResult:
+        """Inverse of ``to_dict`` (``bad_batch_indices`` is derived, so it is not read back)."""
+        return cls(
+            call=int(data["call"]), module=data["module"], type=data["type"],
+            phase=data["phase"], status=data["status"], step=int(data.get("step", 0)),
+            index=int(data.get("index", 0)),
+            tensors=[TensorComparison.from_dict(t) for t in data.get("tensors", [])],
+            error=data.get("error"), traceback=data.get("traceback"),
+            seconds=float(data.get("seconds", 0.0)), candidate=data.get("candidate", ""),
+            notes=list(data.get("notes", [])),
+        )
+
 
 def _num(x: float | None) -> float:
     return -1.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+@dataclass
+class StepResult:
+    """Whole-step comparisons of two runs (diff, splice): the loss, and parameter gradients
+    that belong to no compared call."""
+
+    step: int
+    loss_reference: float | None = None
+    loss_candidate: float | None = None
+    tensors: list[TensorComparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "status": "pass" if self.passed else "fail",
+            "loss_reference": _finite_or_str(self.loss_reference),
+            "loss_candidate": _finite_or_str(self.loss_candidate),
+            "tensors": [t.to_dict() for t in self.tensors],
+            "notes": self.notes,
+        }
+
+
+def _finite_or_str(x: float | None) -> float | str | None:
+    """JSON has no NaN or Inf: those become strings, as in tensor comparisons."""
+    if x is None or math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
 @dataclass
@@ -85,6 +131,7 @@ class ReplayReport:
     results: list[CallResult]
     tolerances: dict[str, Any] = field(default_factory=dict)
     mode: str = "isolated"
+    steps: list[StepResult] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         c = {"calls": len(self.results), "passed": 0, "failed": 0, "errors": 0, "skipped": 0}
@@ -101,7 +148,7 @@ class ReplayReport:
     @property
     def ok(self) -> bool:
         c = self.counts()
-        return c["failed"] == 0 and c["errors"] == 0
+        return c["failed"] == 0 and c["errors"] == 0 and all(s.passed for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         fwd, bwd = self.first_divergence("forward"), self.first_divergence("backward")
@@ -117,6 +164,7 @@ class ReplayReport:
                 "backward": bwd.to_dict() if bwd else None,
             },
             "calls": [r.to_dict() for r in self.results],
+            "steps": [s.to_dict() for s in self.steps],
         }
 
     def to_json(self) -> str:
@@ -153,6 +201,18 @@ class ReplayReport:
                     el.text = r.traceback or ""
                 elif r.status == "skipped":
                     ET.SubElement(case, "skipped", message="; ".join(r.notes) or "not replayable")
+        if self.steps:
+            suite = ET.SubElement(root, "testsuite", name="tensortrace.steps",
+                                  tests=str(len(self.steps)),
+                                  failures=str(sum(not s.passed for s in self.steps)),
+                                  errors="0", skipped="0", time="0")
+            for s in self.steps:
+                case = ET.SubElement(suite, "testcase", classname="steps", name=f"step {s.step}",
+                                     time="0")
+                if not s.passed:
+                    bad = [t for t in s.tensors if not t.passed]
+                    el = ET.SubElement(case, "failure", message=f"{bad[0].name}: {bad[0].message}")
+                    el.text = "\n".join(f"{t.name}: {t.message}" for t in bad)
         ET.indent(root)
         return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
