@@ -189,7 +189,7 @@ def build_candidate(
         return BuiltCandidate(module, dict(module.named_parameters()))
     params = {}
     for name, t in weights.items():
-        if t.is_floating_point() and name in _param_names(reader, call.module):
+        if t.is_floating_point() and name in parameter_names(reader, call.module):
             t.requires_grad_(True)
             params[name] = t
     spec = CandidateSpec(call.module, call.type, args, kwargs, weights, device, call.training)
@@ -201,7 +201,8 @@ def build_candidate(
     return BuiltCandidate(fn, params)
 
 
-def _param_names(reader: tracefmt.TraceReader, path: str) -> set[str]:
+def parameter_names(reader: tracefmt.TraceReader, path: str) -> set[str]:
+    """State-dict names (relative to ``path``) of the parameters of the module at ``path``."""
     prefix = f"{path}." if path else ""
     names = set()
     for m in reader.modules:

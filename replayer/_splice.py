@@ -34,7 +34,13 @@ import tracefmt
 from recorder import rebuild_torch, tensor_from_trace
 from recorder._recipe import _seed_everything, _unwrap
 
-from ._candidates import CandidateSet, CandidateSpec, load_candidates, reference_weights
+from ._candidates import (
+    CandidateSet,
+    CandidateSpec,
+    load_candidates,
+    parameter_names,
+    reference_weights,
+)
 from ._diff import diff_traces
 from ._replay import restore_precision_flags
 from ._report import ReplayReport
@@ -152,7 +158,7 @@ class _Splicer:
             module.load_state_dict(weights, strict=True)
             return module
         return FactoryAdapter(cand, path, info.type, args, kwargs, weights,
-                              _param_names(self.reader, path))
+                              parameter_names(self.reader, path))
 
     def load_step(self, model: nn.Module, step: int) -> None:
         """The reference's weights at ``step``: the rest of the model, then each candidate."""
@@ -196,16 +202,6 @@ class _Splicer:
             if idx < len(cuda):
                 state = tensor_from_trace(self.reader, cuda[idx], keep_strides=False)
                 torch.cuda.set_rng_state(state, self.device)
-
-
-def _param_names(reader: tracefmt.TraceReader, path: str) -> set[str]:
-    prefix = f"{path}." if path else ""
-    names = set()
-    for m in reader.modules:
-        if m.path == path or m.path.startswith(prefix):
-            rel = m.path[len(prefix):] if m.path != path else ""
-            names.update(f"{rel}.{p}" if rel else p for p in m.params)
-    return names
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
 
 import torch
 from torch import nn
@@ -11,25 +10,10 @@ from torch import nn
 import tracefmt
 from recorder import derive_constructor_args
 
-from ._candidates import CandidateSet, CandidateSpec
+from ._candidates import CandidateSet
+from ._splice import FactoryAdapter
 
-__all__ = ["swap_in_candidates", "FactoryModule"]
-
-
-class FactoryModule(nn.Module):
-    """An nn.Module around a factory candidate: owns the reference weights as parameters."""
-
-    def __init__(self, factory: Any, path: str, type_name: str, reference: nn.Module,
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        self.inner = reference
-        weights = dict(reference.named_parameters()) | dict(reference.named_buffers())
-        device = next(iter(weights.values())).device if weights else torch.device("cpu")
-        spec = CandidateSpec(path, type_name, args, kwargs, weights, device, reference.training)
-        self.fn = factory(spec)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+__all__ = ["swap_in_candidates"]
 
 
 def swap_in_candidates(model: nn.Module, candidates: CandidateSet) -> list[str]:
@@ -58,7 +42,9 @@ def swap_in_candidates(model: nn.Module, candidates: CandidateSet) -> list[str]:
             new.load_state_dict(module.state_dict(), strict=True)
             new.to(next(module.parameters(), torch.empty(0)).device)
         else:
-            new = FactoryModule(cand, path, type_name, module, tuple(args), dict(kwargs))
+            weights = dict(module.named_parameters()) | dict(module.named_buffers())
+            new = FactoryAdapter(cand, path, type_name, tuple(args), dict(kwargs), weights,
+                                 set(dict(module.named_parameters())))
         new.train(module.training)
         parent_path, _, name = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
