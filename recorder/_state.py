@@ -23,9 +23,14 @@ def precision_flags() -> dict[str, Any]:
 
 
 def restore_flags(flags: dict[str, Any]) -> None:
-    """Set the recorded precision flags (unknown keys are ignored)."""
-    if "deterministic_algorithms" in flags:
-        torch.use_deterministic_algorithms(bool(flags["deterministic_algorithms"]), warn_only=True)
+    """Set the recorded precision flags (unknown keys are ignored).
+
+    Only changes are applied: torch's first ``use_deterministic_algorithms`` call imports
+    torch._dynamo, seconds per process, even when it changes nothing.
+    """
+    want = flags.get("deterministic_algorithms")
+    if want is not None and bool(want) != torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(bool(want), warn_only=True)
     if "cudnn_deterministic" in flags:
         torch.backends.cudnn.deterministic = bool(flags["cudnn_deterministic"])
     if "cudnn_benchmark" in flags:

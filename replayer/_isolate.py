@@ -46,16 +46,18 @@ def _child_main(conn: Connection, threads: int, trace: str, candidates: str,
     try:
         import torch
 
+        from recorder._state import restore_flags
+
         from ._candidates import load_candidates
         from ._outputs import _numpy
-        from ._replay import _Replayer, restore_precision_flags
+        from ._replay import _Replayer
 
         torch.set_num_threads(threads)
         reader = tracefmt.open_trace(trace)
         rep = _Replayer(reader, load_candidates(candidates), options)
         calls = rep.prepare(call_ids)
         _warm_up(rep.device)
-        restore_precision_flags(rep.flags)  # first use may import a lot: setup, not a call
+        restore_flags(rep.flags)  # first use may import a lot: setup, not a call
     except tracefmt.TraceError as exc:
         conn.send(("usage", str(exc)))
         return

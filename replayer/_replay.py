@@ -117,18 +117,6 @@ _NO_CUDA_RNG = ("the trace has no CUDA RNG state (recorded on another device): r
                 "such as dropout will not draw what the reference drew")
 
 
-def restore_precision_flags(flags: dict[str, Any]) -> None:
-    """``recorder``'s restore_flags, minus a no-op that costs seconds.
-
-    Turning deterministic algorithms off when they are off changes nothing, but torch's
-    first ``use_deterministic_algorithms`` call imports torch._dynamo (seconds per process).
-    """
-    if not flags.get("deterministic_algorithms", True) \
-            and not torch.are_deterministic_algorithms_enabled():
-        flags = {k: v for k, v in flags.items() if k != "deterministic_algorithms"}
-    restore_flags(flags)
-
-
 def _max_abs(tensors: Any) -> float | None:
     vals = [float(t.detach().abs().max()) for t in tensors
             if isinstance(t, torch.Tensor) and t.numel() and (t.is_floating_point() or t.is_complex())]
@@ -188,7 +176,7 @@ class _Replayer:
         return key, built
 
     def _restore(self, call: tracefmt.CallRecord) -> None:
-        restore_precision_flags(self.flags)
+        restore_flags(self.flags)
         rng = call.rng or {}
         if isinstance(rng.get("cpu"), int):
             torch.set_rng_state(tensor_from_trace(self.reader, rng["cpu"], keep_strides=False))

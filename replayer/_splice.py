@@ -33,6 +33,7 @@ import recorder
 import tracefmt
 from recorder import rebuild_torch, tensor_from_trace
 from recorder._recipe import _seed_everything, _unwrap
+from recorder._state import restore_flags
 
 from ._candidates import (
     CandidateSet,
@@ -42,7 +43,6 @@ from ._candidates import (
     reference_weights,
 )
 from ._diff import diff_traces
-from ._replay import restore_precision_flags
 from ._report import ReplayReport
 from ._tolerance import ToleranceTable
 
@@ -261,7 +261,7 @@ def splice_run(
                 for s in steps:
                     splicer.load_step(model, s)
                     splicer.set_modes(model, s)
-                    restore_precision_flags(flags)
+                    restore_flags(flags)
                     splicer.restore_rng(s)
                     model.zero_grad(set_to_none=True)
                     rec.step_index = s
