@@ -75,8 +75,9 @@ class TensorCapture:
             self._queue_cuda(t, tid, nbytes)
         else:
             snap = t.clone(memory_format=torch.contiguous_format)
-            arr = to_numpy(snap)
-            self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda a=arr: a))
+            self.sink.put_tensor(self._item(
+                t, tid, nbytes, data=lambda s=snap: to_numpy(s),
+                summary=lambda s=snap: unpack_summary(summary_vector(s).numpy())))
         return tid
 
     def _item(self, t: torch.Tensor, tid: int, nbytes: int, **kw: Any) -> TensorItem:

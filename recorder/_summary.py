@@ -1,6 +1,8 @@
 """Tensor summaries computed with torch on the tensor's own device.
 
-Same definitions as ``tracefmt.compute_summary`` (spec "Summaries"). Each summary is one
+Same definitions as ``tracefmt.compute_summary`` (spec "Summaries"), except that on the
+CPU fast path the histogram bins are evaluated in the tensor's compute precision (float32
+for float32 and narrower), which the spec allows at bin edges. Each summary is one
 float64 vector kept on the device; ``unpack`` turns a host copy back into a TensorSummary,
 so stats mode needs one device-to-host transfer per step, not one per tensor.
 """
@@ -29,10 +31,14 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     # fit float32); narrower floats and bool are exact in float32.
     exact32 = (x.is_floating_point() and x.dtype != torch.float64) or x.dtype == torch.bool
     compute = torch.float32 if exact32 else torch.float64
-    f = x.to(compute).reshape(-1)
+    f = (x if x.dtype == compute else x.to(compute)).reshape(-1)
     n = f.numel()
     if not f.is_floating_point() or n == 0:
         f = f.to(torch.float32)
+    if f.device.type == "cpu" and n:
+        lo, hi = torch.aminmax(f)
+        if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            return _finite_vector(x, f, lo, hi)
     finite = torch.isfinite(f)
     nan = torch.isnan(f).sum()
     posinf = (f == float("inf")).sum()
@@ -80,6 +86,40 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
             (rows_f == 0).sum(dim=1).to(torch.float64),
         ], dim=1)
         parts.append(batch.reshape(-1))
+    return torch.cat(parts)
+
+
+def _finite_vector(x: torch.Tensor, f: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor) -> torch.Tensor:
+    """The CPU path for a tensor without NaN/Inf (the common case): a handful of fused
+    passes, no masks and no float64 copies; the histogram bins in the compute precision."""
+    n = f.numel()
+    f64 = torch.float64
+    std, mean = torch.std_mean(f, correction=0)
+    lo_v, hi_v = float(lo), float(hi)
+    if hi_v > lo_v:
+        hist = torch.histc(f, bins=HIST_BINS, min=lo_v, max=hi_v).to(f64)
+    else:
+        hist = torch.zeros(HIST_BINS, dtype=f64)
+        hist[0] = n
+    parts = [None, hist]
+    if x.dim() > 0 and x.shape[0] > 0:
+        rows = f.reshape(x.shape[0], -1)
+        row_zeros = (rows == 0).sum(dim=1)
+        zeros = row_zeros.sum()
+        b = min(x.shape[0], _MAX_BATCH)
+        rmin, rmax = torch.aminmax(rows[:b], dim=1)
+        batch = torch.stack([
+            torch.linalg.vector_norm(rows[:b], dim=1).to(f64),
+            torch.maximum(-rmin, rmax).to(f64),
+            torch.zeros(b, dtype=f64),
+            row_zeros[:b].to(f64),
+        ], dim=1)
+        parts.append(batch.reshape(-1))
+    else:
+        zeros = (f == 0).sum()
+    parts[0] = torch.tensor([float(n), lo_v, hi_v, float(mean), float(std), 0.0, 0.0, 0.0,
+                             float(zeros)], dtype=f64)
     return torch.cat(parts)
 
 
