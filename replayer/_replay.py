@@ -230,7 +230,6 @@ class _Replayer:
             else (None, None)
         cand_outs = flatten_named(out, "outputs")
         fwd_tensors = []
-        in_scale = _max_abs(inputs.values())
         for name, ref_id in tracefmt.iter_tensor_leaves(call.outputs, "outputs"):
             fwd_tensors.append(self.comparer.compare(
                 name, ref_id, cand_outs.get(name), module=call.module, input_scale=None,
@@ -241,7 +240,6 @@ class _Replayer:
                          "here, so this call was judged by tolerance")
         fwd = CallResult(phase="forward", status=_status(fwd_tensors), tensors=fwd_tensors,
                          candidate=key, seconds=time.perf_counter() - start, notes=notes, **base)
-        del in_scale
         if self.options.keep_outputs:
             self.outputs[(call.call, "forward")] = {k: v.detach() for k, v in cand_outs.items()}
         bwd = None
