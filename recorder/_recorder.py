@@ -176,14 +176,17 @@ class Recorder:
 
     def __init__(self, model: nn.Module, path: str | Path, *, options: RecordOptions | None = None,
                  recipe: str | None = None, seed: int | None = None,
-                 on_progress: Callable[[Recorder], None] | None = None) -> None:
+                 on_progress: Callable[[Recorder], None] | None = None,
+                 on_flush: Callable[[tuple[int, ...]], None] | None = None) -> None:
+        """``on_flush(call_ids)`` runs on the writer thread once those calls are on disk."""
         self.model = model
         self.path = Path(path)
         self.options = options or RecordOptions()
         self._on_progress = on_progress
         self._recipe, self._seed = recipe, seed
         self._writer = tracefmt.TraceWriter(self.path, compression=self.options.compression)
-        self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget)
+        self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget,
+                                  on_flush=on_flush)
         self._capture = TensorCapture(self._sink, mode=self.options.mode)
         self._handles: list[Any] = []
         self._stack: list[_Frame | None] = []
@@ -201,8 +204,11 @@ class Recorder:
         self._last_rng: tuple[torch.Tensor, int] | None = None
         self._loss: float | None = None
         self._budget_hit = False
+        self._grads_partial = False
         self._closed = False
         self._start()
+        if on_progress:  # hands the recorder over before the first call, e.g. for Ctrl-C reports
+            on_progress(self)
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -295,7 +301,11 @@ class Recorder:
         """
         self._loss = float(loss.detach().float().item())
         scale = self.options.grad_scale
-        (loss * scale if scale != 1.0 else loss).backward()
+        try:
+            (loss * scale if scale != 1.0 else loss).backward()
+        except BaseException:
+            self._grads_partial = True
+            raise
 
     def note_loss(self, loss: float) -> None:
         self._loss = float(loss)
@@ -334,6 +344,9 @@ class Recorder:
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         path = self._paths[module]
+        if self._sink.raised:
+            self._stack.append(None)
+            return None
         if torch._C._current_graph_task_id() != -1:
             self._recomputes[path] += 1
             self._stack.append(None)
@@ -389,7 +402,7 @@ class Recorder:
         if not self._stack:
             return
         frame = self._stack.pop()
-        if frame is None or frame.module is not module:
+        if frame is None or frame.module is not module or self._sink.raised:
             return
         body = frame.body
         body["outputs"] = tracefmt.describe(output, self._leaf)
@@ -461,7 +474,7 @@ class Recorder:
 
     def _emit_backward(self, frame: _Frame, grad_out: list[torch.Tensor | None],
                        grad_in: list[torch.Tensor | None]) -> None:
-        if frame.done or self._closed:
+        if frame.done or self._closed or self._sink.raised:
             return
         frame.done = True
         outs = iter(grad_out)
@@ -498,6 +511,8 @@ class Recorder:
         """
         self._bwd_flush_queued = False
         pending, self._pending_bwd = self._pending_bwd, []
+        if self._sink.raised:
+            return
         for frame, body in pending:
             body["recomputes"] = self._recomputes.get(frame.path, 0)
             self._sink.put_event(EventKind.BACKWARD, body, step=frame.body["step"],
@@ -529,7 +544,9 @@ class Recorder:
             h.remove()
         self._handles.clear()
         try:
-            if self._step_started:
+            if self._step_started and not self._sink.raised:
+                if not complete and self._grads_partial:
+                    self._grads_recorded = True  # half-accumulated .grad would be recorded
                 self.step()
             self._capture.flush_stats()
         finally:
@@ -572,19 +589,22 @@ def _view_grad(grad_inputs: tuple[torch.Tensor | None, ...], alias: _Alias) -> t
 
 
 @contextmanager
-def record(model: nn.Module, path: str | Path, **options: Any) -> Iterator[Recorder]:
+def record(model: nn.Module, path: str | Path, *,
+           on_flush: Callable[[tuple[int, ...]], None] | None = None,
+           **options: Any) -> Iterator[Recorder]:
     """Record ``model`` into ``path`` around the user's own loop; call ``rec.step()`` between steps.
 
     Options are the fields of RecordOptions (``mode``, ``include``, ``exclude``,
     ``grad_scale``, ``every``, ``max_calls_per_module``, ``byte_budget``, ``memory_budget``,
-    ``compression``, ``flush_every``).
+    ``compression``, ``flush_every``). ``on_flush(call_ids)`` is called on the writer thread
+    after each flush with the ids of the calls it made durable (they survive a kill).
     """
     for key in ("include", "exclude"):
         if isinstance(options.get(key), str):
             options[key] = (options[key],)
         elif key in options:
             options[key] = tuple(options[key])
-    rec = Recorder(model, path, options=RecordOptions(**options))
+    rec = Recorder(model, path, options=RecordOptions(**options), on_flush=on_flush)
     try:
         yield rec
     except BaseException:

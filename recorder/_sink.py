@@ -5,10 +5,16 @@ writer thread waits for device copies, computes summaries that were not computed
 device, and writes. Tensor ids are assigned on the recording thread in the same order the
 writer will add them, so trees can refer to them at once. When queued bytes exceed the
 memory budget, ``put`` blocks until the writer catches up.
+
+A failure on the writer thread is raised on the recording thread at its next ``put``, so a
+full disk stops the recording within one call instead of at ``close``. Flushed call ids are
+reported (``on_flush``) only after ``TraceWriter.flush()`` returned: a reported call is on
+disk and survives the process being killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -44,13 +50,17 @@ _STOP = object()
 class WriterThread:
     """Owns the TraceWriter; every write happens on its thread."""
 
-    def __init__(self, writer: tracefmt.TraceWriter, *, budget_bytes: int) -> None:
+    def __init__(self, writer: tracefmt.TraceWriter, *, budget_bytes: int,
+                 on_flush: Callable[[tuple[int, ...]], None] | None = None) -> None:
         self._writer = writer
+        self._on_flush = on_flush
+        self._unflushed_calls: list[int] = []
         self._budget = max(int(budget_bytes), 1 << 20)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._queued_bytes = 0
         self.error: BaseException | None = None
+        self.raised = False
         self.flushed_calls = 0
         self._next_tid = 0
         self._thread = threading.Thread(target=self._run, name="tensortrace-writer", daemon=True)
@@ -104,10 +114,12 @@ class WriterThread:
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
+            self.raised = True
             err = self.error
             if isinstance(err, tracefmt.TraceError):
                 raise err
-            raise tracefmt.TraceWriteError(f"writer thread failed: {err}", path=self._writer.path)
+            first = str(err).split("\n")[0] or type(err).__name__
+            raise tracefmt.TraceWriteError(f"writer thread failed: {first}", path=self._writer.path)
 
     # -- writer-thread side ----------------------------------------------------------------
 
@@ -128,19 +140,31 @@ class WriterThread:
                 elif item[0] == "event":
                     _, kind, body, step, call, module = item
                     w.add_event(kind, body, step=step, call=call, module=module)
+                    if kind == EventKind.CALL:
+                        self._unflushed_calls.append(call)
                 elif item[0] == "flush":
                     w.flush()
-                    self.flushed_calls = w.counts[EventKind.CALL]
+                    self._report_flushed()
                     item[1].set()
                 elif item[0] == "close":
                     w.close(complete=item[1])
+                    self._report_flushed()
             except BaseException as exc:  # noqa: BLE001 - reported on the recording thread
                 self.error = exc
-                w.abandon()
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    w.abandon()
                 if isinstance(item, tuple) and item[0] == "flush":
                     item[1].set()
                 with self._cond:
                     self._cond.notify_all()
+
+    def _report_flushed(self) -> None:
+        """Count and announce the calls the flush that just returned made durable."""
+        ids = tuple(self._unflushed_calls)
+        self._unflushed_calls.clear()
+        self.flushed_calls += len(ids)
+        if self._on_flush is not None and ids:
+            self._on_flush(ids)
 
     def _write_tensor(self, item: TensorItem) -> None:
         try:

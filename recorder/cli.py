@@ -1,13 +1,26 @@
-"""``tensortrace record``: run a recipe and record it. Imports torch only when it runs."""
+"""``tensortrace record``: run a recipe and record it. Imports torch only when it runs.
+
+Ctrl-C stops the recording: what was queued is flushed, the trace is left without its END
+event (readable; ``tensortrace repair`` completes it) and the command prints one line and
+exits with status 130, the shell's code for SIGINT, so scripts can tell an interrupted run
+from a failed one (status 2). A second Ctrl-C exits at once; the flushed part stays readable.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["register", "parse_bytes"]
+__all__ = ["register", "parse_bytes", "INTERRUPTED"]
+
+INTERRUPTED = 130
 
 
 def parse_bytes(text: str) -> int:
@@ -53,12 +66,28 @@ class _Progress:
 
     def __init__(self, steps: int, *, enabled: bool) -> None:
         self.steps, self.enabled = steps, enabled
+        self.recorder: Any = None
         self.tty = sys.stderr.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
         self._last_step = -1
 
+    def end_line(self) -> None:
+        """End a tty status line so an error message starts on its own line."""
+        if self.enabled and self.tty and self._last:
+            print(file=sys.stderr)
+
+    def trace_path(self, default: str) -> str:
+        """The file being written (a distributed run writes one per rank, not ``-o`` itself)."""
+        return default if self.recorder is None else str(self.recorder.path)
+
+    def kept(self) -> str:
+        """What the trace holds after a stop, for the one-line message (needs ``recorder``)."""
+        rec = self.recorder
+        return f"stopped in step {rec.step_index} with {rec.flushed_calls} of {rec.calls} calls on disk"
+
     def __call__(self, rec: Any) -> None:
+        self.recorder = rec
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -67,16 +96,39 @@ class _Progress:
         if not self.tty and rec.step_index == self._last_step:
             return
         self._last, self._last_step = now, rec.step_index
-        line = (f"recording: step {min(rec.step_index, self.steps)}/{self.steps} · {rec.calls} calls · "
-                f"{rec.bytes_written / 1e6:.1f} MB written · {now - self.start:.1f}s")
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        line = (f"recording: step {min(rec.step_index, self.steps)}/{self.steps} · {rec.calls} calls "
+                f"({rec.flushed_calls} on disk) · {rec.bytes_written / 1e6:.1f} MB written · "
+                f"{now - self.start:.1f}s")
+        # one write per line: a Ctrl-C between text and newline would glue the error line on
+        sys.stderr.write("\r" + line if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def _sigint_once(on_second: Callable[[], None]) -> Iterator[None]:
+    """First Ctrl-C raises KeyboardInterrupt (a clean stop); a second one calls ``on_second``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = 0
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            on_second()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tracefmt import UsageError
+    from tracefmt import TraceWriteError, UsageError
+    from tracefmt.cli import fail
 
     from ._recipe import record_recipe
     from ._recorder import RecordOptions
@@ -90,8 +142,31 @@ def _run(args: argparse.Namespace) -> int:
         compression=args.compression,
     )
     progress = _Progress(args.steps, enabled=not args.quiet)
-    stats = record_recipe(args.recipe, args.output, steps=args.steps, device=args.device,
-                          seed=args.seed, options=options, on_progress=progress)
+
+    def force_exit() -> None:
+        progress.end_line()
+        fail(f"{progress.trace_path(args.output)}: interrupted again; stopped without finishing "
+             "the write (the flushed part stays readable)")
+        os._exit(INTERRUPTED)
+
+    try:
+        with _sigint_once(force_exit):
+            stats = record_recipe(args.recipe, args.output, steps=args.steps,
+                                  device=args.device, seed=args.seed, options=options,
+                                  on_progress=progress)
+    except KeyboardInterrupt:
+        progress.end_line()
+        if progress.recorder is None:
+            fail(f"{args.output}: interrupted before recording started")
+        else:
+            fail(f"{progress.trace_path(args.output)}: interrupted; {progress.kept()}; the trace "
+                 "is incomplete but readable ('tensortrace repair' completes it)")
+        return INTERRUPTED
+    except TraceWriteError as exc:
+        progress.end_line()
+        if progress.recorder is None:
+            raise
+        raise TraceWriteError(f"{exc.message}; {progress.kept()}", path=exc.path) from None
     if progress.enabled and progress.tty:
         print(file=sys.stderr)
     if not args.quiet:

@@ -7,6 +7,9 @@ whether the END event is there.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -75,19 +78,63 @@ def open_hdf5(path: str | Path) -> tuple[h5py.File, bool]:
         return h5py.File(p, "r"), False
     except OSError as exc:
         first = str(exc)
-    try:
-        return h5py.File(p, "r", libver="latest", swmr=True), True
-    except OSError:
-        pass
+    if "open for write" in first or "consistency flags" in first:
+        try:
+            return _open_swmr(p), True
+        except OSError as exc:
+            first = str(exc)
     reason = first.split("(")[-1].rstrip(")") if "(" in first else first
     raise TraceFormatError(f"HDF5 file is truncated or corrupt ({reason.strip()})", path=p)
+
+
+_SWMR_READ_ATTEMPTS = 24
+
+
+def _open_swmr(p: Path) -> h5py.File:
+    """Open in SWMR read mode, only for files whose writer is live or was killed.
+
+    HDF5 retries a metadata read that fails its checksum up to 100 times with doubling
+    sleeps (for a reader racing a live writer), which makes a corrupt file hang a reader
+    for an hour; ``_SWMR_READ_ATTEMPTS`` bounds that to well under a second.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    set_attempts = _hdf5_function("H5Pset_metadata_read_attempts")
+    if set_attempts is not None:
+        set_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(_SWMR_READ_ATTEMPTS))
+    fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
+
+
+@functools.cache
+def _hdf5_function(name: str) -> Any:
+    """A function of the HDF5 library h5py has loaded (Linux only; None when unsure)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libhdf5" in line and ".so" in line}
+    except OSError:
+        return None
+    paths = {p for p in paths if not Path(p).name.startswith("libhdf5_")}
+    if len(paths) > 1:  # another HDF5 is loaded too: use h5py's bundled one or none
+        paths = {p for p in paths if "h5py" in p}
+    if len(paths) != 1:
+        return None
+    try:
+        return getattr(ctypes.CDLL(paths.pop()), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def check_safe(f: h5py.File, path: str | Path) -> None:
     """Refuse links, virtual datasets and external storage anywhere in the file."""
     problems: list[str] = []
+    seen: set[h5py.h5g.GroupID] = set()
 
     def visit(group: h5py.Group, prefix: str) -> None:
+        if group.id in seen:  # a hard link back up the tree: visited already
+            return
+        seen.add(group.id)
         for name in group:
             link = group.get(name, getlink=True)
             full = f"{prefix}/{name}"
@@ -120,6 +167,12 @@ def _attr_int(f: h5py.File, name: str) -> int | None:
     if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
         return int(v)
     return None
+
+
+def _same_column_type(found: np.dtype, want: np.dtype) -> bool:
+    """Same kind, width and shape; either byte order (h5py converts on read)."""
+    return (found.shape == want.shape and found.base.kind == want.base.kind
+            and found.base.itemsize == want.base.itemsize)
 
 
 class TraceReader:
@@ -161,18 +214,25 @@ class TraceReader:
         for name in REQUIRED_DATASETS:
             if not isinstance(f.get(name), h5py.Dataset):
                 raise TraceFormatError(f"required dataset /{name} is missing")
+        self._events_ds = f[EVENTS]  # first: data opened after the events is at least as new
         self._heap, self._blobs = f[HEAP], f[BLOBS]
-        self._tensors, self._batch, self._events_ds = f[TENSORS], f[BATCH_STATS], f[EVENTS]
+        self._tensors, self._batch = f[TENSORS], f[BATCH_STATS]
         for ds, want in ((self._heap, "u1"), (self._blobs, "u1")):
             if ds.ndim != 1 or ds.dtype != np.dtype(want):
                 raise TraceFormatError(f"/{ds.name.strip('/')} must be a 1-D uint8 dataset")
-        if self._batch.ndim != 2 or self._batch.shape[1] != len(BATCH_STAT_COLUMNS):
-            raise TraceFormatError(f"/{BATCH_STATS} must have shape (N, {len(BATCH_STAT_COLUMNS)})")
+        if (self._batch.ndim != 2 or self._batch.shape[1] != len(BATCH_STAT_COLUMNS)
+                or self._batch.dtype.kind != "f"):
+            raise TraceFormatError(
+                f"/{BATCH_STATS} must be a float64 dataset of shape (N, {len(BATCH_STAT_COLUMNS)})")
         for ds, row in ((self._tensors, TENSOR_ROW), (self._events_ds, EVENT_ROW)):
             names = ds.dtype.names or ()
             missing = [n for n in row.names if n not in names]
             if ds.ndim != 1 or missing:
                 raise TraceFormatError(f"/{ds.name.strip('/')} lacks fields {missing or 'of its layout'}")
+            mistyped = [n for n in row.names if not _same_column_type(ds.dtype[n], row[n])]
+            if mistyped:
+                raise TraceFormatError(
+                    f"/{ds.name.strip('/')} fields {mistyped} do not have the format's types")
         self._load_index()
 
     def _load_index(self) -> None:
@@ -222,7 +282,7 @@ class TraceReader:
             raise UnsafeTraceError(f"event {event} declares a {n}-byte blob, over the limit")
         if off + n > self._blob_len:
             raise TraceFormatError(f"event {event} points past the end of /{BLOBS} (file truncated?)")
-        data = self._blobs[off:off + n].tobytes()
+        data = self._slice(self._blobs, off, off + n, f"/{BLOBS}").tobytes()
         if zlib.crc32(data) != int(row["blob_crc32"]):
             raise IntegrityError(f"event {event}: blob checksum mismatch in /{BLOBS}[{off}:{off + n}]")
         value = unpack_blob(data, what=f"event {event} blob")
@@ -336,7 +396,8 @@ class TraceReader:
         block = tid // _ROW_BLOCK
         rows = self._row_cache.get(block)
         if rows is None:
-            rows = np.asarray(self._tensors[block * _ROW_BLOCK:(block + 1) * _ROW_BLOCK])
+            rows = self._slice(self._tensors, block * _ROW_BLOCK, (block + 1) * _ROW_BLOCK,
+                               f"/{TENSORS}")
             self._row_cache[block] = rows
             if len(self._row_cache) > 256:
                 self._row_cache.popitem(last=False)
@@ -369,7 +430,8 @@ class TraceReader:
         summary = None
         if flags & FLAG_SUMMARY:
             bo, bc = int(r["batch_offset"]), min(int(r["batch_count"]), MAX_BATCH_STATS)
-            batch = np.asarray(self._batch[bo:bo + bc]) if bc else np.zeros((0, len(BATCH_STAT_COLUMNS)))
+            batch = (self._slice(self._batch, bo, bo + bc, f"/{BATCH_STATS}") if bc
+                     else np.zeros((0, len(BATCH_STAT_COLUMNS))))
             summary = TensorSummary(
                 count=int(r["count"]), min=float(r["min"]), max=float(r["max"]),
                 mean=float(r["mean"]), std=float(r["std"]), nan=int(r["nan"]),
@@ -405,13 +467,22 @@ class TraceReader:
         if info.offset + stop > self._heap.shape[0]:
             raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
                                    path=self.path)
-        raw = np.asarray(self._heap[info.offset + start:info.offset + stop]) if stop > start else np.zeros(0, np.uint8)
+        raw = (self._slice(self._heap, info.offset + start, info.offset + stop, f"/{HEAP}")
+               if stop > start else np.zeros(0, np.uint8))
         if verify and rows is None and zlib.crc32(raw) != info.crc32:
             raise IntegrityError(
                 f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
                 path=self.path)
         arr = raw.view(storage).reshape(shape)
         return decode_values(arr, info.dtype) if decode else arr
+
+    def _slice(self, ds: h5py.Dataset, start: int, stop: int, what: str) -> np.ndarray:
+        """Rows ``start:stop`` of a dataset; HDF5 errors (corrupt chunks) become TraceFormatError."""
+        try:
+            return np.asarray(ds[start:stop])
+        except (OSError, ValueError) as exc:
+            raise TraceFormatError(f"{what}[{start}:{stop}] is unreadable ({exc})",
+                                   path=self.path) from None
 
     def verify_tensor(self, tid: int) -> None:
         """Raise IntegrityError when a tensor's stored bytes do not match their CRC-32."""
@@ -425,7 +496,8 @@ class TraceReader:
         """Pick up events appended since opening (a live recording in SWMR mode)."""
         if not self.swmr:
             return
-        for ds in (self._heap, self._blobs, self._tensors, self._batch, self._events_ds):
+        # events first: every event seen then has its data in the extents read after it
+        for ds in (self._events_ds, self._blobs, self._tensors, self._batch, self._heap):
             ds.refresh()
         self._load_index()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import os
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +48,7 @@ from ._records import RunInfo
 from ._summary import TensorSummary, compute_summary
 from ._tree import pack_blob
 
-__all__ = ["TraceWriter", "COMPRESSIONS"]
+__all__ = ["TraceWriter", "COMPRESSIONS", "set_text_attr"]
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 _JOIN_BELOW = 1 << 20
@@ -85,12 +87,12 @@ class TraceWriter:
         except OSError as exc:
             raise TraceWriteError(f"cannot create trace ({_reason(exc)})", path=self.path) from None
         f = self._file
-        f.attrs["format"] = FORMAT_NAME
+        set_text_attr(f, "format", FORMAT_NAME)
         f.attrs["format_major"] = np.int64(FORMAT_MAJOR)
         f.attrs["format_minor"] = np.int64(FORMAT_MINOR)
-        f.attrs["producer"] = producer or _producer()
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        f.attrs["compression"] = compression
+        set_text_attr(f, "producer", producer or _producer())
+        set_text_attr(f, "created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        set_text_attr(f, "compression", compression)
         filt: dict[str, Any] = {}
         if compression == "gzip":
             filt = {"compression": "gzip", "compression_opts": 4}
@@ -209,9 +211,14 @@ class TraceWriter:
         """Write everything staged and make it durable for readers (SWMR flush)."""
         self._write_staged(events=True)
         try:
+            # data before what refers to it: a failed or killed flush never commits an event
+            # (or tensor row) whose data is not on disk, and readers see the same order
+            for ds in (self._heap, self._batch, self._tensors, self._blobs, self._events):
+                ds.flush()
             self._file.flush()
-        except OSError as exc:
-            raise TraceWriteError(f"flush failed ({_reason(exc)})", path=self.path) from None
+        except Exception as exc:  # h5py raises RuntimeError for a failed H5Fflush
+            raise self._failed(exc, "flush failed") from None
+        self._release()
 
     def close(self, *, complete: bool = True) -> None:
         """Flush; with ``complete`` also write the END event that marks a whole recording."""
@@ -227,14 +234,14 @@ class TraceWriter:
             self.flush()
         finally:
             self._closed = True
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 self._file.close()
 
     def abandon(self) -> None:
         """Close without the END marker, keeping what was flushed (used after errors)."""
         if not self._closed:
             self._closed = True
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 self._file.close()
 
     def __enter__(self) -> TraceWriter:
@@ -255,6 +262,7 @@ class TraceWriter:
     # -- internals -------------------------------------------------------------------------
 
     def _write_staged(self, *, events: bool) -> None:
+        self._reserve(events=events)
         try:
             self._write_heap()
             if self._staged_tensors:
@@ -276,9 +284,58 @@ class TraceWriter:
                 self._append(self._events, rows, self._n_events)
                 self._n_events += len(rows)
                 self._staged_events.clear()
+        except Exception as exc:
+            raise self._failed(exc, "write failed") from None
+
+    def _reserve(self, *, events: bool) -> None:
+        """Claim the disk space the staged data needs before HDF5 writes any of it.
+
+        HDF5 records new space in its metadata (the end of file in the superblock, chunk
+        addresses) before the data lands there; when the data then cannot be written, the
+        file claims to be longer than it is and no reader will open it. Reserving first
+        makes a full disk (or a file size limit) fail here, with the file as the last flush
+        left it. The slack covers one fresh chunk of every dataset plus metadata.
+        """
+        need = self._staged_heap_bytes + len(self._staged_tensors) * TENSOR_ROW.itemsize
+        need += sum(b.nbytes for b in self._staged_batch)
+        if events:
+            need += sum(len(b) for b in self._staged_blobs)
+            need += len(self._staged_events) * EVENT_ROW.itemsize
+        slack = sum(int(np.prod(ds.chunks)) * ds.dtype.itemsize
+                    for ds in (self._heap, self._blobs, self._tensors, self._batch, self._events))
+        try:
+            os.posix_fallocate(self._file.id.get_vfd_handle(), self._file.id.get_filesize(),
+                               need + slack + (256 << 10))
         except OSError as exc:
-            raise TraceWriteError(f"write failed ({_reason(exc)}); data flushed before is kept",
-                                  path=self.path) from None
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return  # a file system that cannot reserve: fall back to failing mid-write
+            raise self._failed(exc, "write failed") from None
+
+    def _release(self) -> None:
+        """Give back the part of the reservation HDF5 did not use (the file ends at its EOA)."""
+        with contextlib.suppress(OSError):
+            fd = self._file.id.get_vfd_handle()
+            end = self._file.id.get_filesize()
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)
+
+    def _failed(self, exc: Exception, what: str) -> TraceWriteError:
+        """Stop writing to the file for good and describe why.
+
+        After a failed write HDF5 still holds metadata (extents, chunk addresses, the end of
+        file) for data that never reached the disk; writing it at close makes the file
+        unreadable, and a close that fails corrupts h5py's ids (a crash at exit). Pointing the
+        descriptor at /dev/null lets the close succeed while the file keeps what was flushed.
+        """
+        with contextlib.suppress(Exception):
+            fd = self._file.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        return TraceWriteError(f"{what} ({_reason(exc)}); data flushed before is kept",
+                               path=self.path)
 
     def _write_heap(self) -> None:
         if not self._staged_heap:
@@ -313,6 +370,17 @@ class TraceWriter:
         ds[start:start + len(rows)] = rows
 
 
+def set_text_attr(obj: h5py.HLObject, name: str, text: str) -> None:
+    """A fixed-length UTF-8 string attribute.
+
+    h5py writes a Python str as a variable-length string, which lives in the HDF5 global
+    heap; the library parses a damaged global heap without bounds (one flipped bit can hang
+    every reader), so the format's own strings stay in the object header.
+    """
+    data = text.encode("utf-8")
+    obj.attrs.create(name, np.array(data), dtype=h5py.string_dtype("utf-8", max(1, len(data))))
+
+
 def _numpy_name(dt: np.dtype) -> str:
     name = {"?": "bool"}.get(dt.char, dt.name)
     dtype_info(name)
@@ -327,9 +395,26 @@ def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _reason(exc: OSError) -> str:
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space" in str(exc):
-        return "disk full"
-    if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return str(exc).split("\n")[0]
+_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large: the file size limit was reached",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "I/O error",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause: HDF5 puts the errno inside its message (``errno = 28``), not on the error."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code is None:
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    if code in _REASONS:
+        return _REASONS[code]
+    if code:
+        return os.strerror(code)
+    return text.split("\n")[0].split(" (")[0] or type(exc).__name__
