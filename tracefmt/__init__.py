@@ -28,8 +28,18 @@ from ._records import (
     StepRecord,
     TensorInfo,
 )
+from ._repair import RepairReport, repair_trace
 from ._results import RESULTS_FORMAT, ResultsReader, open_results, write_results
 from ._summary import TensorSummary, compute_summary
+from ._traceset import (  # trace sets: one trace per rank of a distributed run
+    RankMismatch,
+    TraceSet,
+    cross_rank_alerts,
+    is_traceset,
+    open_trace_or_rank,
+    open_traceset,
+    resolve_rank_path,
+)
 from ._tree import (
     ObjectNode,
     Opaque,
@@ -43,6 +53,7 @@ from ._tree import (
     rebuild,
     unpack_blob,
 )
+from ._validate import ValidationReport, validate_trace
 from ._writer import COMPRESSIONS, TraceWriter
 
 __all__ = [
@@ -65,6 +76,8 @@ __all__ = [
     "Opaque",
     "ParamGradsRecord",
     "RESULTS_FORMAT",
+    "RankMismatch",
+    "RepairReport",
     "ResultsReader",
     "RunInfo",
     "StepRecord",
@@ -75,25 +88,34 @@ __all__ = [
     "TraceFormatError",
     "TraceNotFoundError",
     "TraceReader",
+    "TraceSet",
     "TraceWriteError",
     "TraceWriter",
     "UnsafeTraceError",
     "UnsupportedVersionError",
     "UsageError",
+    "ValidationReport",
     "check_tree",
     "compute_summary",
+    "cross_rank_alerts",
     "decode_values",
     "default_leaf",
     "describe",
     "dtype_info",
     "encode_values",
     "has_opaque",
+    "is_traceset",
     "iter_tensor_leaves",
     "open_results",
     "open_trace",
+    "open_trace_or_rank",
+    "open_traceset",
     "pack_blob",
     "rebuild",
+    "repair_trace",
+    "resolve_rank_path",
     "storage_dtype",
     "unpack_blob",
+    "validate_trace",
     "write_results",
 ]

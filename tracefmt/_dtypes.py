@@ -78,8 +78,8 @@ def _minifloat_table(exp_bits: int, man_bits: int, bias: int, *, variant: str) -
     """All 256 values of an 8-bit float, as float32 (exactly representable)."""
     codes = np.arange(256, dtype=np.uint32)
     if variant == "e8m0":
-        out = np.ldexp(1.0, codes.astype(np.int64) - 127).astype(np.float32)
-        out[255] = np.nan
+        out = np.ldexp(1.0, np.minimum(codes, 254).astype(np.int64) - 127).astype(np.float32)
+        out[255] = np.nan  # 0xFF is NaN; 2**128 would overflow float32 anyway
         return out
     sign = np.where(codes >> 7, -1.0, 1.0)
     exp = (codes >> man_bits) & ((1 << exp_bits) - 1)
@@ -137,6 +137,6 @@ def encode_values(values: np.ndarray, name: str) -> np.ndarray:
         raise TraceFormatError(
             f"array of {values.dtype} cannot hold {name} (needs {target.itemsize}-byte items)"
         )
-    if info.native:
-        return np.ascontiguousarray(values, dtype=target)
-    return np.ascontiguousarray(values).view(target)
+    if info.native:  # ascontiguousarray makes 0-d arrays 1-d; the reshape keeps the shape
+        return np.ascontiguousarray(values, dtype=target).reshape(values.shape)
+    return np.ascontiguousarray(values).view(target).reshape(values.shape)

@@ -82,11 +82,18 @@ def unpack_blob(data: bytes, *, what: str = "blob") -> Any:
             max_array_len=MAX_CONTAINER_LEN,
             max_map_len=MAX_CONTAINER_LEN,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise TraceFormatError(f"{what} is not valid msgpack ({type(exc).__name__}: {exc})") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise TraceFormatError(f"{what} is not valid msgpack ({detail})") from None
     except (TypeError, RecursionError) as exc:
         raise TraceFormatError(f"{what} is not valid msgpack ({exc})") from None
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    """``max_ext_len=0`` still lets zero-length ext values through; the format has none."""
+    raise ValueError(f"msgpack ext type {code} is not allowed")
 
 
 def describe(obj: Any, leaf: Callable[[Any], Any], *, _depth: int = 0) -> Any:
@@ -105,6 +112,8 @@ def describe(obj: Any, leaf: Callable[[Any], Any], *, _depth: int = 0) -> Any:
         return obj
     if isinstance(obj, complex):
         return {"$": "complex", "re": obj.real, "im": obj.imag}
+    if _depth >= MAX_TREE_DEPTH:  # its items would sit deeper than check_tree allows
+        return {"$": "opaque", "type": type(obj).__qualname__, "repr": "nested too deeply"}
     d = _depth + 1
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         fields = [[f, describe(getattr(obj, f), leaf, _depth=d)] for f in obj._fields]
@@ -170,6 +179,9 @@ def check_tree(node: Any, *, n_tensors: int | None = None, _depth: int = 0) -> N
             raise TraceFormatError(f"{tag} node has malformed key/value pairs")
         if tag == "object" and not isinstance(node.get("type"), str):
             raise TraceFormatError("object node has no type name")
+        keys = (str,) if tag == "object" else (str, int, float, bool, type(None))
+        if not all(isinstance(k, keys) for k, _ in pairs):
+            raise TraceFormatError(f"{tag} node has a key that is not a {'string' if tag == 'object' else 'scalar'}")
         for _, v in pairs:
             check_tree(v, n_tensors=n_tensors, _depth=_depth + 1)
     elif tag in ("dtype", "device"):

@@ -21,14 +21,32 @@ _FALLBACK_REGISTRARS = ("tracefmt.cli", "recorder.cli", "replayer.cli", "tui.cli
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Every installed package's ``register``; a package that is not there adds no commands."""
     found = []
     for ep in metadata.entry_points(group="tensortrace.commands"):
-        found.append(ep.load())
+        module = ep.value.partition(":")[0]
+        try:
+            found.append(ep.load())
+        except ModuleNotFoundError as exc:
+            if not _is_absent(exc, module):
+                raise
     if found:
         return found
     import importlib
 
-    return [importlib.import_module(name).register for name in _FALLBACK_REGISTRARS]
+    for module in _FALLBACK_REGISTRARS:
+        try:
+            found.append(importlib.import_module(module).register)
+        except ModuleNotFoundError as exc:
+            if not _is_absent(exc, module):
+                raise
+    return found
+
+
+def _is_absent(exc: ModuleNotFoundError, module: str) -> bool:
+    """Whether the registrar module itself (or its package) is missing, not something it imports."""
+    parts = module.split(".")
+    return exc.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fail(message: str) -> int:
     """Print one error line and return the usage/input exit status."""
-    print(f"tensortrace: error: {message}", file=sys.stderr)
+    line = " ".join(message.split("\n"))
+    line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in line)
+    print(f"tensortrace: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -65,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register the format's own subcommands: validate, info."""
+    """Register the format's own subcommands: validate, info, repair."""
     from . import _commands
 
     _commands.register(sub)
