@@ -57,6 +57,7 @@ from ._tree import MAX_BLOB_BYTES, unpack_blob
 __all__ = ["TraceReader", "open_trace", "open_hdf5"]
 
 _ROW_BLOCK = 1024
+_WINDOW_ROWS = 1 << 18
 
 
 def open_hdf5(path: str | Path) -> tuple[h5py.File, bool]:
@@ -242,6 +243,7 @@ class TraceReader:
         self._blob_len = int(self._blobs.shape[0])
         self._blob_cache: OrderedDict[int, Any] = OrderedDict()
         self._row_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._window: dict[str, tuple[int, np.ndarray]] = {}
         if len(ev) == 0 or ev["kind"][0] != EventKind.RUN:
             raise TraceFormatError("the first event is not the run event" if len(ev) else "no events recorded")
         self.run = RunInfo.from_dict(self._blob(0))
@@ -282,7 +284,7 @@ class TraceReader:
             raise UnsafeTraceError(f"event {event} declares a {n}-byte blob, over the limit")
         if off + n > self._blob_len:
             raise TraceFormatError(f"event {event} points past the end of /{BLOBS} (file truncated?)")
-        data = self._slice(self._blobs, off, off + n, f"/{BLOBS}").tobytes()
+        data = self._windowed(self._blobs, off, off + n, self._blob_len, f"/{BLOBS}").tobytes()
         if zlib.crc32(data) != int(row["blob_crc32"]):
             raise IntegrityError(f"event {event}: blob checksum mismatch in /{BLOBS}[{off}:{off + n}]")
         value = unpack_blob(data, what=f"event {event} blob")
@@ -430,13 +432,14 @@ class TraceReader:
         summary = None
         if flags & FLAG_SUMMARY:
             bo, bc = int(r["batch_offset"]), min(int(r["batch_count"]), MAX_BATCH_STATS)
-            batch = (self._slice(self._batch, bo, bo + bc, f"/{BATCH_STATS}") if bc
+            batch = (self._windowed(self._batch, bo, bo + bc, int(self._batch.shape[0]),
+                                    f"/{BATCH_STATS}") if bc
                      else np.zeros((0, len(BATCH_STAT_COLUMNS))))
             summary = TensorSummary(
                 count=int(r["count"]), min=float(r["min"]), max=float(r["max"]),
                 mean=float(r["mean"]), std=float(r["std"]), nan=int(r["nan"]),
                 posinf=int(r["posinf"]), neginf=int(r["neginf"]), zeros=int(r["zeros"]),
-                hist=tuple(int(x) for x in r["hist"]), batch=batch,
+                hist=tuple(r["hist"].tolist()), batch=batch,
             )
         return TensorInfo(tid, name, shape, tuple(int(x) for x in r["strides"][:ndim]), offset,
                           nbytes, int(r["crc32"]), has_payload, bool(flags & FLAG_REQUIRES_GRAD),
@@ -475,6 +478,17 @@ class TraceReader:
                 path=self.path)
         arr = raw.view(storage).reshape(shape)
         return decode_values(arr, info.dtype) if decode else arr
+
+    def _windowed(self, ds: h5py.Dataset, start: int, stop: int, length: int,
+                  what: str) -> np.ndarray:
+        """Rows ``start:stop`` through a read-ahead window: records are read in order, and
+        one HDF5 read per small record is what made opening thousands of calls slow."""
+        base, block = self._window.get(what, (0, np.zeros((0,) + ds.shape[1:], ds.dtype)))
+        if not (base <= start and stop <= base + len(block)):
+            end = min(length, max(stop, start + _WINDOW_ROWS))
+            base, block = start, self._slice(ds, start, end, what)
+            self._window[what] = (base, block)
+        return block[start - base:stop - base]
 
     def _slice(self, ds: h5py.Dataset, start: int, stop: int, what: str) -> np.ndarray:
         """Rows ``start:stop`` of a dataset; HDF5 errors (corrupt chunks) become TraceFormatError."""
