@@ -24,6 +24,7 @@ from torch import nn
 import tracefmt
 
 from ._ctor import capture_constructor_args
+from ._distributed import start_distributed
 from ._recorder import Recorder, RecordOptions
 
 __all__ = ["Recipe", "load_recipe", "import_user_module", "record_recipe"]
@@ -107,6 +108,9 @@ def record_recipe(
         recipe = load_recipe(recipe)
     if seed is not None:
         _seed_everything(seed)
+    dist_run = start_distributed(path, device=device)  # torchrun: group up before build_model
+    if dist_run is not None:
+        path, device = dist_run.trace_path, dist_run.device
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise tracefmt.UsageError("--device cuda asked for, but this torch sees no CUDA device")
@@ -114,14 +118,17 @@ def record_recipe(
         model = recipe.build_model()
     if not isinstance(model, nn.Module):
         raise tracefmt.UsageError(f"build_model() returned {type(model).__name__}, not an nn.Module")
-    model = _unwrap(model).to(dev)
+    built, model = model, _unwrap(model).to(dev)
+    runner = dist_run.prepare(built, model) if dist_run is not None else model  # keeps DDP
     optimizer = recipe.make_optimizer(model) if recipe.make_optimizer else None
     start = time.perf_counter()
     rec = Recorder(model, path, options=options, recipe=recipe.name, seed=seed, on_progress=on_progress)
+    if dist_run is not None:
+        dist_run.attach(rec)
     try:
         for step in range(steps):
             model.zero_grad(set_to_none=True)
-            loss = recipe.run_step(model, step)
+            loss = recipe.run_step(runner, step)
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 rec.backward(loss)
                 if optimizer is not None:
@@ -135,7 +142,9 @@ def record_recipe(
         rec.close(complete=False)
         raise
     rec.close(complete=True)
-    return rec.stats | {"seconds": time.perf_counter() - start, "steps": steps}
+    if dist_run is not None:
+        dist_run.finish()
+    return rec.stats | {"seconds": time.perf_counter() - start, "steps": steps, "trace": str(path)}
 
 
 def _unscale_grads(model: nn.Module, scale: float) -> None:

@@ -75,4 +75,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         env["capability"] = list(torch.cuda.get_device_capability(device))
     else:
         env["device"] = platform.processor() or platform.machine() or "cpu"
+    from ._distributed import distributed_environment  # rank and world size under torchrun
+
+    env.update(distributed_environment())
     return env

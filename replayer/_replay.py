@@ -25,6 +25,7 @@ import tracefmt
 from recorder import rebuild_torch, tensor_from_trace
 from recorder._state import restore_flags
 from recorder._torchio import dtype_name
+from tracefmt._traceset import reduced_grads_note
 
 from ._candidates import BuiltCandidate, CandidateSet, build_candidate, reference_weights
 from ._compare import TensorComparison, compare_tensors
@@ -322,6 +323,10 @@ class _Replayer:
                            f64: dict[str, torch.Tensor] | None = None) -> list[TensorComparison]:
         recorded = self.reader.param_grads(call.step)
         if recorded is None:
+            return []
+        reduced = reduced_grads_note(self.reader)  # DDP/FSDP rank trace: grads are averages
+        if reduced is not None:
+            notes.append(reduced)
             return []
         if (call.module, call.step) in self.lost_param_grads:
             notes.append("parameter gradients not compared: an earlier call of this module "

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splice", action="store_true", help="run the whole recipe model with the candidates swapped in, record it and diff it against TRACE (needs --recipe)")
     p.add_argument("--recipe", metavar="RECIPE", help="with --splice: the recipe the trace was recorded from")
     p.add_argument("--splice-trace", metavar="PATH", help="with --splice: keep the spliced run's trace here")
+    p.add_argument("--rank", type=int, default=0, metavar="R", help="which rank of a trace set to replay (default 0)")
     p.set_defaults(func=run_replay)
 
     d = sub.add_parser(
@@ -146,10 +147,15 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from tracefmt import resolve_rank_path
+
     from ._console import print_report
-    from ._replay import ReplayOptions, replay_trace
+    from ._replay import ReplayOptions
+    from ._sharded import check_sharded_options, replay_maybe_sharded
 
     _check_replay_options(args)
+    check_sharded_options(isolate=args.isolate, splice=args.splice)  # torchrun: _sharded.py
+    args.trace = str(resolve_rank_path(args.trace, rank=args.rank))  # a trace set: rank R
     if args.splice:
         return run_splice(args)
     options = ReplayOptions(device=args.device, only=tuple(args.only), step=args.step,
@@ -162,7 +168,10 @@ def run_replay(args: argparse.Namespace) -> int:
         if tty:
             print(f"\rreplaying: {done}/{total} calls", end="", file=sys.stderr, flush=True)
 
-    report = replay_trace(args.trace, args.candidates, options=options, on_progress=progress)
+    report = replay_maybe_sharded(args.trace, args.candidates, options=options,
+                                  on_progress=progress)
+    if isinstance(report, int):  # a rank > 0 of a sharded replay: rank 0 prints and writes
+        return report
     if tty:
         print(file=sys.stderr)
     if not args.quiet:

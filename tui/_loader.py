@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracefmt import open_results, open_trace
+from tracefmt import open_results, open_trace_or_rank
 
 from ._view import Sources
 
@@ -80,7 +80,7 @@ class TraceLoader:
 
     def _open(self) -> Sources | None:
         try:
-            trace = open_trace(self.trace_path)
+            trace = open_trace_or_rank(self.trace_path)  # a trace set: rank 0
         except Exception as exc:
             self._deliver(Delivery("open", 0, error=exc))
             return None

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from tracefmt import TraceError, TraceNotFoundError, UsageError
+from tracefmt import TraceError, TraceNotFoundError, UsageError, resolve_rank_path
 
 __all__ = ["register"]
 
@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("trace", metavar="TRACE")
     p.add_argument(
         "--results", metavar="RESULTS.h5", help="results file written by 'replay --results'"
+    )
+    p.add_argument(
+        "--rank", type=int, default=0, metavar="R", help="which rank of a trace set (default 0)"
     )
     p.set_defaults(func=run_tui)
 
@@ -60,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--results", metavar="RESULTS.h5", help="add the comparison and the error heatmap"
     )
     p.add_argument("--width", type=int, metavar="N", help="output width in columns")
+    p.add_argument(
+        "--rank", type=int, default=0, metavar="R", help="which rank of a trace set (default 0)"
+    )
     p.set_defaults(func=run_show)
 
     p = sub.add_parser(
@@ -71,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("trace", metavar="TRACE")
     p.add_argument("--json", action="store_true", help='write {"alerts": [...]} to stdout')
+    p.add_argument(
+        "--rank", type=int, default=0, metavar="R", help="which rank of a trace set (default 0)"
+    )
     p.set_defaults(func=run_check)
 
 
@@ -83,7 +92,7 @@ def _existing(path: str) -> Path:
 
 def run_tui(args: argparse.Namespace) -> int:
     """Run the app; a trace or results file that cannot be opened ends it with status 2."""
-    trace = _existing(args.trace)
+    trace = resolve_rank_path(_existing(args.trace), rank=args.rank)  # a set: rank R's trace
     results = None if args.results is None else _existing(args.results)
     from ._app import TraceApp
 
@@ -101,7 +110,7 @@ def run_show(args: argparse.Namespace) -> int:
     """Print one call; colours only when stdout is a terminal."""
     from rich.console import Console
 
-    from tracefmt import open_results, open_trace
+    from tracefmt import open_results, open_trace_or_rank
 
     from ._env import RenderSettings
     from ._show import show_call
@@ -118,7 +127,7 @@ def run_show(args: argparse.Namespace) -> int:
         emoji=False,
         soft_wrap=False,
     )
-    with open_trace(args.trace) as reader:
+    with open_trace_or_rank(args.trace, rank=args.rank) as reader:
         results = None if args.results is None else open_results(args.results)
         try:
             show_call(
@@ -140,12 +149,14 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Print the alerts (or JSON); exit 1 when there is any."""
-    from tracefmt import open_trace
+    from tracefmt import cross_rank_alerts, is_traceset, open_trace_or_rank
 
     from ._check import check_trace
 
-    with open_trace(args.trace) as reader:
+    with open_trace_or_rank(args.trace, rank=args.rank) as reader:
         alerts = check_trace(reader)
+    if is_traceset(args.trace):  # replicated tensors must agree bitwise across ranks
+        alerts = [*alerts, *cross_rank_alerts(args.trace)]
     if args.json:
         json.dump({"alerts": [a.to_dict() for a in alerts]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
