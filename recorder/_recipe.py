@@ -27,7 +27,7 @@ from ._ctor import capture_constructor_args
 from ._distributed import start_distributed
 from ._recorder import Recorder, RecordOptions
 
-__all__ = ["Recipe", "load_recipe", "import_user_module", "record_recipe"]
+__all__ = ["Recipe", "load_recipe", "import_user_module", "record_recipe", "run_recorded_step"]
 
 
 def import_user_module(spec: str, *, what: str) -> ModuleType:
@@ -128,16 +128,7 @@ def record_recipe(
     try:
         for step in range(steps):
             model.zero_grad(set_to_none=True)
-            loss = recipe.run_step(runner, step)
-            if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                rec.backward(loss)
-                if optimizer is not None:
-                    rec.record_param_grads()
-                    _unscale_grads(model, rec.options.grad_scale)
-                    optimizer.step()
-            elif isinstance(loss, (torch.Tensor, float, int)):
-                rec.note_loss(float(loss))
-            rec.step()
+            run_recorded_step(rec, recipe.run_step, runner, step, optimizer=optimizer)
     except BaseException:
         rec.close(complete=False)
         raise
@@ -155,6 +146,22 @@ def _unscale_grads(model: nn.Module, scale: float) -> None:
         for p in model.parameters():
             if p.grad is not None:
                 p.grad.div_(scale)
+
+
+def run_recorded_step(rec: Recorder, run_step: Callable[[nn.Module, int], Any], runner: nn.Module,
+                      step: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """One recipe step under the recorder: backward (grad-scaled) when the loss has a graph,
+    the optimizer on unscaled gradients, then the end of the step."""
+    loss = run_step(runner, step)
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        rec.backward(loss)
+        if optimizer is not None:
+            rec.record_param_grads()
+            _unscale_grads(rec.model, rec.options.grad_scale)
+            optimizer.step()
+    elif isinstance(loss, (torch.Tensor, float, int)):
+        rec.note_loss(float(loss))
+    rec.step()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

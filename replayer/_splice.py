@@ -32,7 +32,7 @@ from torch import nn
 import recorder
 import tracefmt
 from recorder import rebuild_torch, tensor_from_trace
-from recorder._recipe import _seed_everything, _unwrap
+from recorder._recipe import _seed_everything, _unwrap, run_recorded_step
 from recorder._state import restore_flags
 
 from ._candidates import (
@@ -265,12 +265,7 @@ def splice_run(
                     splicer.restore_rng(s)
                     model.zero_grad(set_to_none=True)
                     rec.step_index = s
-                    loss = recipe.run_step(model, s)
-                    if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                        rec.backward(loss)
-                    elif isinstance(loss, (torch.Tensor, float, int)):
-                        rec.note_loss(float(loss))
-                    rec.step()
+                    run_recorded_step(rec, recipe.run_step, model, s)
             except BaseException:
                 rec.close(complete=False)
                 raise

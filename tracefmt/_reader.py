@@ -156,15 +156,19 @@ def check_safe(f: h5py.File, path: str | Path) -> None:
         raise UnsafeTraceError(problems[0], path=path)
 
 
-def _attr_str(f: h5py.File, name: str) -> str | None:
-    v = f.attrs.get(name)
+def attr_text(obj: h5py.HLObject, name: str) -> str | None:
+    """A string attribute (fixed or variable length), or None when absent or not a string."""
+    v = obj.attrs.get(name)
+    if isinstance(v, np.ndarray) and v.shape == ():
+        v = v[()]
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
     return v if isinstance(v, str) else None
 
 
-def _attr_int(f: h5py.File, name: str) -> int | None:
-    v = f.attrs.get(name)
+def attr_int(obj: h5py.HLObject, name: str) -> int | None:
+    """An integer attribute, or None when absent or not an integer (bools are not)."""
+    v = obj.attrs.get(name)
     if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
         return int(v)
     return None
@@ -197,9 +201,9 @@ class TraceReader:
 
     def _open(self) -> None:
         f = self._file
-        if _attr_str(f, "format") != FORMAT_NAME:
+        if attr_text(f, "format") != FORMAT_NAME:
             raise NotATraceError(f"HDF5 file without the {FORMAT_NAME!r} format attribute")
-        major, minor = _attr_int(f, "format_major"), _attr_int(f, "format_minor")
+        major, minor = attr_int(f, "format_major"), attr_int(f, "format_minor")
         if major is None or minor is None:
             raise TraceFormatError("format_major/format_minor attributes missing or not integers")
         if major != FORMAT_MAJOR:
@@ -208,9 +212,9 @@ class TraceReader:
                 + ("; upgrade tensortrace" if major > FORMAT_MAJOR else "")
             )
         self.format_version = (major, minor)
-        self.producer = _attr_str(f, "producer") or ""
-        self.created = _attr_str(f, "created") or ""
-        self.compression = _attr_str(f, "compression") or "none"
+        self.producer = attr_text(f, "producer") or ""
+        self.created = attr_text(f, "created") or ""
+        self.compression = attr_text(f, "compression") or "none"
         check_safe(f, self.path)
         for name in REQUIRED_DATASETS:
             if not isinstance(f.get(name), h5py.Dataset):

@@ -27,7 +27,7 @@ from ._errors import (
     UnsupportedVersionError,
     UsageError,
 )
-from ._reader import TraceReader, check_safe, open_hdf5, open_trace
+from ._reader import TraceReader, attr_int, attr_text, check_safe, open_hdf5, open_trace
 from ._records import TensorInfo
 from ._tree import pack_blob, unpack_blob
 from ._writer import set_text_attr
@@ -90,22 +90,6 @@ class TraceSet:
         return open_trace(self.rank_path(rank))
 
 
-def _attr_text(obj: h5py.HLObject, name: str) -> str | None:
-    v = obj.attrs.get(name)
-    if isinstance(v, np.ndarray) and v.shape == ():
-        v = v[()]
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v if isinstance(v, str) else None
-
-
-def _attr_int(obj: h5py.HLObject, name: str) -> int | None:
-    v = obj.attrs.get(name)
-    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-        return int(v)
-    return None
-
-
 def is_traceset(path: str | Path) -> bool:
     """Whether ``path`` is an HDF5 file declaring the trace-set format (never raises)."""
     p = Path(path)
@@ -113,7 +97,7 @@ def is_traceset(path: str | Path) -> bool:
         if not p.is_file() or not h5py.is_hdf5(p):
             return False
         with h5py.File(p, "r") as f:
-            return _attr_text(f, "format") == TRACESET_FORMAT
+            return attr_text(f, "format") == TRACESET_FORMAT
     except (OSError, ValueError, KeyError, RuntimeError):  # h5py: KeyError for a bad header
         return False
 
@@ -154,9 +138,9 @@ def open_traceset(path: str | Path) -> TraceSet:
 
 
 def _read_index(f: h5py.File, p: Path) -> TraceSet:
-    if _attr_text(f, "format") != TRACESET_FORMAT:
+    if attr_text(f, "format") != TRACESET_FORMAT:
         raise NotATraceError(f"HDF5 file without the {TRACESET_FORMAT!r} format attribute")
-    major, minor = _attr_int(f, "format_major"), _attr_int(f, "format_minor")
+    major, minor = attr_int(f, "format_major"), attr_int(f, "format_minor")
     if major is None or minor is None:
         raise TraceFormatError("format_major/format_minor attributes missing or not integers")
     if major != TRACESET_MAJOR:
@@ -164,7 +148,7 @@ def _read_index(f: h5py.File, p: Path) -> TraceSet:
             f"trace-set format {major}.{minor} is not supported (this reader reads "
             f"{TRACESET_MAJOR}.x)" + ("; upgrade tensortrace" if major > TRACESET_MAJOR else ""))
     check_safe(f, p)
-    world = _attr_int(f, "world_size")
+    world = attr_int(f, "world_size")
     if world is None or not 1 <= world <= MAX_WORLD_SIZE:
         raise TraceFormatError(f"world_size must be an integer in 1..{MAX_WORLD_SIZE}")
     ranks = f.get(RANKS)
@@ -179,8 +163,8 @@ def _read_index(f: h5py.File, p: Path) -> TraceSet:
     if len(set(names)) != len(names):
         raise TraceFormatError(f"/{RANKS} names the same file for two ranks")
     layout = _read_layout(f)
-    return TraceSet(p, (major, minor), world, _attr_text(f, "backend") or "",
-                    _attr_text(f, "created") or "", _attr_text(f, "producer") or "",
+    return TraceSet(p, (major, minor), world, attr_text(f, "backend") or "",
+                    attr_text(f, "created") or "", attr_text(f, "producer") or "",
                     tuple(names), layout)
 
 
