@@ -25,22 +25,30 @@ means "not applicable" (e.g. statistics of a shape mismatch); index tuples becom
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from ._batch import (
+    BatchElementStats,
+    batch_arrays,
+    batch_axis,
+    batch_breakdown,
+    batch_note,
+    encode_float,
+)
 from ._tolerance import (
     Tolerance,
     comparison_scale,
-    component_dtype,
     default_tolerance,
     dtype_kind,
     effective_atol,
     machine_eps,
     normalize_dtype,
 )
+from ._ulp import finite_ulp, ulp_distance
 
 __all__ = [
     "CompareMode",
@@ -55,35 +63,9 @@ __all__ = [
 
 CompareMode = Literal["tolerance", "noise", "exact", "shape_mismatch"]
 
-_ULP_UNDEFINED = np.iinfo(np.uint64).max
-_SIGN_FLIP = np.uint64(1 << 63)
 # Re-running with min_rtol/min_atol must pass despite float64 rounding in the check itself;
 # 1e-14 relative covers the handful of roundings involved (see compare_tensors).
 _ROUND_UP = 1.0 + 1e-14
-_IEEE = {
-    "float64": (np.float64, np.int64, 0x7FFF_FFFF_FFFF_FFFF),
-    "float32": (np.float32, np.int32, 0x7FFF_FFFF),
-    "float16": (np.float16, np.int16, 0x7FFF),
-}
-# mantissa bits, smallest normal exponent, largest finite value
-_MINIFLOAT = {
-    "float8_e4m3fn": (3, -6, 448.0),
-    "float8_e4m3fnuz": (3, -7, 240.0),
-    "float8_e5m2": (2, -14, 57344.0),
-    "float8_e5m2fnuz": (2, -15, 57344.0),
-    "float8_e8m0fnu": (0, -127, 2.0**127),
-}
-
-
-def _enc(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    number = float(value)
-    if math.isnan(number):
-        return "nan"
-    if math.isinf(number):
-        return "inf" if number > 0 else "-inf"
-    return number
 
 
 def _dec(value: Any) -> float | None:
@@ -104,224 +86,6 @@ def _pct(fraction: float) -> str:
     if 0 < fraction < 0.001:
         return f"{fraction * 100:.2g}%"
     return f"{fraction:.1%}"
-
-
-def _ranges(indices: Sequence[int], limit: int = 8) -> str:
-    runs: list[str] = []
-    start = prev = indices[0]
-    for i in [*indices[1:], None]:
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        runs.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    if len(runs) > limit:
-        return f"{', '.join(runs[:limit])} and {len(runs) - limit} more ranges"
-    return ", ".join(runs)
-
-
-# ---------------------------------------------------------------------------------------------
-# ULP distance
-
-
-def _ulp_keys(values: np.ndarray, component: str) -> np.ndarray:
-    """Monotone uint64 key per value, one step per representable number of ``component``.
-
-    Negative numbers mirror positive ones (-0.0 and +0.0 share key 0), so the distance is
-    symmetric across zero. Values must not be NaN. Sub-float32 formats (bfloat16, float8) are
-    read from float32 values; values not on their grid are truncated toward zero.
-    """
-    if component in _IEEE:
-        ftype, itype, mask = _IEEE[component]
-        keys = np.asarray(values, dtype=ftype).view(itype).astype(np.int64)
-    elif component == "bfloat16":
-        x32 = np.asarray(values, dtype=np.float32)
-        keys = (x32.view(np.int32) >> 16).astype(np.int64)
-        mask = 0x7FFF
-    else:
-        return _minifloat_keys(np.asarray(values, dtype=np.float32), *_MINIFLOAT[component])
-    negative = keys < 0
-    np.bitwise_and(keys, mask, out=keys, where=negative)
-    np.negative(keys, out=keys, where=negative)
-    return _to_monotone_u64(keys)
-
-
-def _minifloat_keys(x32: np.ndarray, man_bits: int, emin: int, max_finite: float) -> np.ndarray:
-    magnitude = np.abs(x32)
-    base = (126 + emin) << man_bits
-
-    def normal(a: np.ndarray) -> np.ndarray:
-        return (a.view(np.int32).astype(np.int64) >> (23 - man_bits)) - base
-
-    smallest_normal = np.float32(2.0**emin)
-    below = np.minimum(magnitude, smallest_normal).astype(np.float64)
-    subnormal = (below * 2.0 ** (man_bits - emin)).astype(np.int64)
-    keys = np.where(magnitude >= smallest_normal, normal(magnitude), subnormal)
-    infinite = np.isinf(magnitude)
-    if infinite.any():  # Inf sits one step above the largest finite value
-        keys[infinite] = int(normal(np.array([max_finite], dtype=np.float32))[0]) + 1
-    keys = np.where(np.signbit(x32), -keys, keys)
-    return _to_monotone_u64(keys)
-
-
-def _to_monotone_u64(keys: np.ndarray) -> np.ndarray:
-    unsigned = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64)
-    unsigned ^= _SIGN_FLIP
-    return unsigned
-
-
-def _int_keys(values: np.ndarray) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == np.uint64:
-        return arr.astype(np.uint64)
-    return _to_monotone_u64(arr.astype(np.int64))
-
-
-def _key_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    high = np.maximum(a, b)
-    np.minimum(a, b, out=a)
-    high -= a
-    return high
-
-
-def _real_ulp(a: np.ndarray, b: np.ndarray, kind: str, component: str) -> np.ndarray:
-    if kind in ("int", "bool"):
-        return _key_distance(_int_keys(a), _int_keys(b))
-    return _key_distance(_ulp_keys(a, component), _ulp_keys(b, component))
-
-
-def _ulp_no_nan(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
-    kind = dtype_kind(dtype)
-    component = component_dtype(dtype)
-    if kind == "complex":
-        return np.maximum(
-            _real_ulp(a.real, b.real, "float", component),
-            _real_ulp(a.imag, b.imag, "float", component),
-        )
-    return _real_ulp(a, b, kind, component)
-
-
-def ulp_distance(a: np.ndarray, b: np.ndarray, *, dtype: str) -> np.ndarray:
-    """Elementwise count of representable ``dtype`` numbers between a and b, as uint64.
-
-    float64/32/16 use their own bit patterns, bfloat16 the top 16 bits of float32, float8 its
-    grid; integers the plain difference; complex the larger of the two components. NaN on both
-    sides is 0 apart, NaN against anything else is undefined: ``2**64 - 1``.
-    """
-    canonical = normalize_dtype(dtype)
-    x, y = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-    if dtype_kind(canonical) in ("int", "bool"):
-        return _ulp_no_nan(x, y, canonical)
-    nan_x, nan_y = np.isnan(x), np.isnan(y)
-    if not (nan_x.any() or nan_y.any()):
-        return _ulp_no_nan(x, y, canonical)
-    dist = _ulp_no_nan(np.where(nan_x, 0, x), np.where(nan_y, 0, y), canonical)
-    dist[nan_x & nan_y] = 0
-    dist[nan_x ^ nan_y] = _ULP_UNDEFINED
-    return dist
-
-
-# ---------------------------------------------------------------------------------------------
-# Batch breakdown
-
-
-@dataclass(frozen=True)
-class BatchElementStats:
-    """Error summary of one element along the batch axis, to spot per-sample bugs."""
-
-    index: int
-    max_abs_err: float
-    mismatch_count: int
-    numel: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; a NaN/Inf error is a string (module docstring)."""
-        return {
-            "index": self.index,
-            "max_abs_err": _enc(self.max_abs_err),
-            "mismatch_count": self.mismatch_count,
-            "numel": self.numel,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BatchElementStats:
-        """Inverse of ``to_dict``."""
-        return cls(
-            index=int(data["index"]),
-            max_abs_err=float(data["max_abs_err"]),
-            mismatch_count=int(data["mismatch_count"]),
-            numel=int(data["numel"]),
-        )
-
-
-def _batch_axis(ndim: int, batch_dim: int | None) -> int | None:
-    if batch_dim is None or ndim == 0:
-        return None
-    if not -ndim <= batch_dim < ndim:
-        raise ValueError(f"batch_dim {batch_dim} is out of range for a {ndim}-d tensor")
-    return batch_dim % ndim
-
-
-def _batch_arrays(
-    abs_err: np.ndarray, mismatch: np.ndarray | None, axis: int
-) -> tuple[np.ndarray, np.ndarray]:
-    size = abs_err.shape[axis]
-    others = tuple(i for i in range(abs_err.ndim) if i != axis)
-    if abs_err.size == 0:
-        return np.zeros(size), np.zeros(size, dtype=np.int64)
-    maxes = np.max(abs_err, axis=others) if others else abs_err.astype(np.float64)
-    if mismatch is None:
-        counts = np.zeros(size, dtype=np.int64)
-    elif others:
-        counts = np.count_nonzero(mismatch, axis=others)
-    else:
-        counts = mismatch.astype(np.int64)
-    return np.asarray(maxes, dtype=np.float64), np.asarray(counts, dtype=np.int64)
-
-
-def batch_breakdown(
-    abs_err: np.ndarray, mismatch: np.ndarray | None = None, *, batch_dim: int | None = 0
-) -> list[BatchElementStats]:
-    """Per batch element: max absolute error and mismatch count.
-
-    ``abs_err`` and ``mismatch`` are elementwise arrays of one shape (``mismatch`` None counts
-    nothing). Without a batch axis (``batch_dim`` None, or a 0-d tensor) the list is empty.
-    """
-    errors = np.asarray(abs_err)
-    axis = _batch_axis(errors.ndim, batch_dim)
-    if axis is None:
-        return []
-    flags = None if mismatch is None else np.asarray(mismatch, dtype=bool)
-    if flags is not None and flags.shape != errors.shape:
-        raise ValueError(f"mismatch shape {flags.shape} differs from abs_err shape {errors.shape}")
-    maxes, counts = _batch_arrays(errors, flags, axis)
-    per_element = errors.size // errors.shape[axis] if errors.shape[axis] else 0
-    return [
-        BatchElementStats(i, float(maxes[i]), int(counts[i]), per_element)
-        for i in range(errors.shape[axis])
-    ]
-
-
-def batch_note(bad_indices: Sequence[int], batch_size: int) -> str:
-    """One sentence on which batch elements diverge; empty when none do (or no batch axis)."""
-    bad = sorted(int(i) for i in bad_indices)
-    if batch_size <= 0 or not bad:
-        return ""
-    if len(bad) >= batch_size:
-        if batch_size == 1:
-            return "the only batch element diverges"
-        return f"all {batch_size} batch elements diverge"
-    mask = np.ones(batch_size, dtype=bool)
-    mask[bad] = False
-    good = [int(i) for i in np.flatnonzero(mask)]
-    if len(good) <= 3 and len(good) < len(bad):
-        noun = "element" if len(good) == 1 else "elements"
-        verb = "matches" if len(good) == 1 else "match"
-        return f"only batch {noun} {_ranges(good)} {verb}; elements {_ranges(bad)} diverge"
-    if len(bad) == 1:
-        return f"batch element {bad[0]} diverges"
-    return f"batch elements {_ranges(bad)} diverge"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +109,7 @@ class NoiseStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (module docstring for NaN/Inf)."""
-        return {f.name: _enc(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: encode_float(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NoiseStats:
@@ -413,7 +177,7 @@ class TensorComparison:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in _FLOAT_FIELDS:
-                out[f.name] = _enc(value)
+                out[f.name] = encode_float(value)
             elif f.name in _TUPLE_FIELDS:
                 out[f.name] = None if value is None else [int(i) for i in value]
             elif f.name in ("tolerance", "noise"):
@@ -652,7 +416,7 @@ def compare_tensors(
             shape_mismatch=True,
             **common,
         )
-    axis = _batch_axis(ref_arr.ndim, batch_dim)
+    axis = batch_axis(ref_arr.ndim, batch_dim)
     common["batch_dim"] = axis
     f64 = None
     if float64_reference is not None:
@@ -743,15 +507,15 @@ def compare_tensors(
     ulp_max: int | None = None
     if nf.count == 0:
         if kind in ("int", "bool") or nf.both_finite is None:  # original arrays: no re-cast
-            dist = _ulp_no_nan(ref_arr, cand_arr, ref_dtype)
+            dist = finite_ulp(ref_arr, cand_arr, ref_dtype)
         else:
-            dist = _ulp_no_nan(r, c, ref_dtype)
+            dist = finite_ulp(r, c, ref_dtype)
         ulp_max = int(np.max(dist)) if dist.size else 0
         del dist
 
     bad: list[int] = []
     if axis is not None and mismatch_count:
-        _, counts = _batch_arrays(d, mismatch, axis)
+        _, counts = batch_arrays(d, mismatch, axis)
         bad = [int(i) for i in np.flatnonzero(counts)]
     note = batch_note(bad, batch_size or 0)
     fraction = mismatch_count / r.size if r.size else 0.0
