@@ -96,6 +96,7 @@ def _real_ulp(a: np.ndarray, b: np.ndarray, kind: str, component: str) -> np.nda
 
 
 def finite_ulp(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """ULP distance for arrays known to hold no NaN (complex: the worse of the two parts)."""
     kind = dtype_kind(dtype)
     component = component_dtype(dtype)
     if kind == "complex":
