@@ -9,6 +9,8 @@ so stats mode needs one device-to-host transfer per step, not one per tensor.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -36,9 +38,9 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     if not f.is_floating_point() or n == 0:
         f = f.to(torch.float32)
     if f.device.type == "cpu" and n:
-        lo, hi = torch.aminmax(f)
-        if bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            return _finite_vector(x, f, lo, hi)
+        fast = _finite_vector(x, f)
+        if fast is not None:
+            return fast
     finite = torch.isfinite(f)
     nan = torch.isnan(f).sum()
     posinf = (f == float("inf")).sum()
@@ -89,37 +91,46 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _finite_vector(x: torch.Tensor, f: torch.Tensor, lo: torch.Tensor,
-                   hi: torch.Tensor) -> torch.Tensor:
-    """The CPU path for a tensor without NaN/Inf (the common case): a handful of fused
-    passes, no masks and no float64 copies; the histogram bins in the compute precision."""
+def _finite_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
+    """The CPU path for a tensor without NaN/Inf (the common case), or None for the masked path.
+
+    Everything comes from per-row reductions that torch runs in one pass each (min, max, sum,
+    L2 norm, non-zero count) plus one histogram: no masks, no float64 copies. The variance is
+    E[x^2] - mean^2 unless that cancels (a near-constant tensor), where Welford is used.
+    The histogram bins in the compute precision, which the spec allows at bin edges.
+    """
     n = f.numel()
     f64 = torch.float64
-    std, mean = torch.std_mean(f, correction=0)
-    lo_v, hi_v = float(lo), float(hi)
+    rows = f.reshape(x.shape[0], -1) if x.dim() > 0 and x.shape[0] > 0 else f.reshape(1, -1)
+    rmin, rmax = rows.amin(dim=1), rows.amax(dim=1)
+    lo_v, hi_v = float(rmin.min()), float(rmax.max())
+    if not (math.isfinite(lo_v) and math.isfinite(hi_v)):
+        return None
+    rsum = rows.sum(dim=1).to(f64)
+    rl2 = torch.linalg.vector_norm(rows, dim=1).to(f64)
+    rnz = torch.linalg.vector_norm(rows, ord=0, dim=1).to(torch.int64)
+    mean = float(rsum.sum()) / n
+    var = max(float((rl2 * rl2).sum()) / n - mean * mean, 0.0)
+    if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
+        var = float(torch.var_mean(f.to(f64), correction=0)[0])
     if hi_v > lo_v:
         hist = torch.histc(f, bins=HIST_BINS, min=lo_v, max=hi_v).to(f64)
     else:
         hist = torch.zeros(HIST_BINS, dtype=f64)
         hist[0] = n
-    parts = [None, hist]
+    row_len = rows.shape[1]
+    zeros = n - int(rnz.sum())
+    parts = [torch.tensor([float(n), lo_v, hi_v, mean, math.sqrt(var), 0.0, 0.0, 0.0,
+                           float(zeros)], dtype=f64), hist]
     if x.dim() > 0 and x.shape[0] > 0:
-        rows = f.reshape(x.shape[0], -1)
-        row_zeros = (rows == 0).sum(dim=1)
-        zeros = row_zeros.sum()
         b = min(x.shape[0], _MAX_BATCH)
-        rmin, rmax = torch.aminmax(rows[:b], dim=1)
         batch = torch.stack([
-            torch.linalg.vector_norm(rows[:b], dim=1).to(f64),
-            torch.maximum(-rmin, rmax).to(f64),
+            rl2[:b],
+            torch.maximum(-rmin[:b], rmax[:b]).to(f64),
             torch.zeros(b, dtype=f64),
-            row_zeros[:b].to(f64),
+            (row_len - rnz[:b]).to(f64),
         ], dim=1)
         parts.append(batch.reshape(-1))
-    else:
-        zeros = (f == 0).sum()
-    parts[0] = torch.tensor([float(n), lo_v, hi_v, float(mean), float(std), 0.0, 0.0, 0.0,
-                             float(zeros)], dtype=f64)
     return torch.cat(parts)
 
 

@@ -976,9 +976,14 @@ def assert_summary_close(
 ) -> None:
     for field in ("count", "nan", "posinf", "neginf", "zeros"):
         assert getattr(got, field) == getattr(want, field), (what, field)
-    for field in ("min", "max", "mean", "std"):
+    for field in ("min", "max"):
         a, b = getattr(got, field), getattr(want, field)
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-12, nan_ok=True), (what, field)
+        assert a == pytest.approx(b, rel=0, abs=0, nan_ok=True), (what, field)
+    # mean and std may be accumulated in float32: their error follows the tensor's magnitude
+    scale = max(abs(want.min), abs(want.max)) if want.finite else 0.0
+    for field in ("mean", "std"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6 * scale + 1e-30, nan_ok=True), (what, field)
     # The spec lets bins be evaluated in the compute precision: an element exactly at a bin
     # edge may land in the neighbouring bin, nothing more.
     assert sum(got.hist) == sum(want.hist), (what, "hist total")
