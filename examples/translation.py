@@ -272,12 +272,25 @@ def build_model() -> TranslationModel:
     return TranslationModel(VOCAB_SIZE, D_MODEL, N_HEADS, N_LAYERS, D_FF, DROPOUT, MAX_LEN)
 
 
-def run_step(model: nn.Module, step: int) -> Tensor:
+def teacher_forced_loss(model: nn.Module, step: int) -> Tensor:
     """Teacher-forced loss on the batch of ``step``; the caller runs backward."""
     device = next(model.parameters()).device
     src, tgt = make_batch(step, device)
     log_probs = model(src, tgt[:, :-1])
     return model.criterion(log_probs.reshape(-1, log_probs.size(-1)), tgt[:, 1:].reshape(-1))
+
+
+def run_step(model: nn.Module, step: int) -> Tensor:
+    """The recorded step: odd steps are validation steps (eval mode, dropout off), as in a
+    training loop with periodic validation, so a trace of two steps holds both modes."""
+    if step % 2 == 0:
+        return teacher_forced_loss(model, step)
+    was_training = model.training
+    model.eval()
+    try:
+        return teacher_forced_loss(model, step)
+    finally:
+        model.train(was_training)
 
 
 def train(model: nn.Module, steps: int, *, lr: float = 5e-3) -> list[float]:
@@ -286,7 +299,7 @@ def train(model: nn.Module, steps: int, *, lr: float = 5e-3) -> list[float]:
     model.train()
     losses = []
     for step in range(steps):
-        loss = run_step(model, step)
+        loss = teacher_forced_loss(model, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

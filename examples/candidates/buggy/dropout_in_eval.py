@@ -1,9 +1,10 @@
 """Buggy Dropout: always drops, ignoring ``self.training``.
 
-Where a replay must catch it: an eval-mode replay (where the reference Dropout is the
+Where a replay must catch it: in eval-mode calls (where the reference Dropout is the
 identity), at the FORWARD of the first Dropout called, ``pos_enc.drop`` (the source
-embeddings). In a training-mode replay with the reference's RNG state restored it matches
-the reference exactly, so it is invisible there.
+embeddings). The example recipe's step 1 is a validation step in eval mode, so a two-step
+trace catches it there. In training-mode calls, with the reference's RNG state restored, it
+matches the reference exactly, so it is invisible in step 0.
 """
 
 from torch import Tensor, nn
