@@ -94,6 +94,13 @@ def run_tui(args: argparse.Namespace) -> int:
     """Run the app; a trace or results file that cannot be opened ends it with status 2."""
     trace = resolve_rank_path(_existing(args.trace), rank=args.rank)  # a set: rank R's trace
     results = None if args.results is None else _existing(args.results)
+    # Opening reads only the event index (milliseconds): a file that is not a trace gets its
+    # one-line error before the screen is taken over, not after.
+    from tracefmt import open_results, open_trace
+
+    open_trace(trace).close()
+    if results is not None:
+        open_results(results).close()
     from ._app import TraceApp
 
     app = TraceApp(trace, results)
