@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_check import FakeCall, batch0_only, write_trace
+from _synthetic_trace import FakeCall, batch0_only, write_trace
 from textual.pilot import Pilot
 
 from tracefmt import TraceReader, write_results
