@@ -180,6 +180,21 @@ def _same_column_type(found: np.dtype, want: np.dtype) -> bool:
             and found.base.itemsize == want.base.itemsize)
 
 
+def check_identity(f: h5py.File, *, name: str, major: int, what: str) -> tuple[int, int]:
+    """The root attributes every tensortrace file carries: its format name and a major version
+    this reader implements. Returns ``(major, minor)``."""
+    if attr_text(f, "format") != name:
+        raise NotATraceError(f"HDF5 file without the {name!r} format attribute")
+    got, minor = attr_int(f, "format_major"), attr_int(f, "format_minor")
+    if got is None or minor is None:
+        raise TraceFormatError("format_major/format_minor attributes missing or not integers")
+    if got != major:
+        raise UnsupportedVersionError(
+            f"{what} {got}.{minor} is not supported (this reader reads {major}.x)"
+            + ("; upgrade tensortrace" if got > major else ""))
+    return got, minor
+
+
 class TraceReader:
     """A trace opened for reading. Use ``open_trace``; close it (or use ``with``)."""
 
@@ -201,17 +216,8 @@ class TraceReader:
 
     def _open(self) -> None:
         f = self._file
-        if attr_text(f, "format") != FORMAT_NAME:
-            raise NotATraceError(f"HDF5 file without the {FORMAT_NAME!r} format attribute")
-        major, minor = attr_int(f, "format_major"), attr_int(f, "format_minor")
-        if major is None or minor is None:
-            raise TraceFormatError("format_major/format_minor attributes missing or not integers")
-        if major != FORMAT_MAJOR:
-            raise UnsupportedVersionError(
-                f"format version {major}.{minor} is not supported (this reader reads {FORMAT_MAJOR}.x)"
-                + ("; upgrade tensortrace" if major > FORMAT_MAJOR else "")
-            )
-        self.format_version = (major, minor)
+        self.format_version = check_identity(f, name=FORMAT_NAME, major=FORMAT_MAJOR,
+                                             what="format version")
         self.producer = attr_text(f, "producer") or ""
         self.created = attr_text(f, "created") or ""
         self.compression = attr_text(f, "compression") or "none"

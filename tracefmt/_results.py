@@ -16,8 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._errors import NotATraceError, TraceFormatError, TraceWriteError, UnsupportedVersionError
-from ._reader import check_safe, open_hdf5
+from ._errors import TraceFormatError, TraceWriteError
+from ._reader import check_identity, check_safe, open_hdf5
 from ._tree import pack_blob, unpack_blob
 
 __all__ = ["RESULTS_FORMAT", "write_results", "ResultsReader", "open_results"]
@@ -68,15 +68,11 @@ class ResultsReader:
 
     def _open(self) -> None:
         f = self._file
-        fmt = f.attrs.get("format")
-        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-        if fmt != RESULTS_FORMAT:
-            raise NotATraceError(f"not a tensortrace results file (format attribute {fmt!r})",
-                                 path=self.path)
-        major = f.attrs.get("format_major")
-        if not isinstance(major, (int, np.integer)) or int(major) != 1:
-            raise UnsupportedVersionError(f"results format major version {major!r} is not 1",
-                                          path=self.path)
+        try:
+            check_identity(f, name=RESULTS_FORMAT, major=1, what="results format")
+        except TraceFormatError as exc:
+            exc.path = str(self.path)
+            raise
         check_safe(f, self.path)
         ds = f.get("report")
         if not isinstance(ds, h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 1:

@@ -19,15 +19,21 @@ import h5py
 import numpy as np
 
 from ._errors import (
-    NotATraceError,
     TraceError,
     TraceFormatError,
     TraceWriteError,
     UnsafeTraceError,
-    UnsupportedVersionError,
     UsageError,
 )
-from ._reader import TraceReader, attr_int, attr_text, check_safe, open_hdf5, open_trace
+from ._reader import (
+    TraceReader,
+    attr_int,
+    attr_text,
+    check_identity,
+    check_safe,
+    open_hdf5,
+    open_trace,
+)
 from ._records import TensorInfo
 from ._tree import pack_blob, unpack_blob
 from ._writer import set_text_attr
@@ -138,15 +144,8 @@ def open_traceset(path: str | Path) -> TraceSet:
 
 
 def _read_index(f: h5py.File, p: Path) -> TraceSet:
-    if attr_text(f, "format") != TRACESET_FORMAT:
-        raise NotATraceError(f"HDF5 file without the {TRACESET_FORMAT!r} format attribute")
-    major, minor = attr_int(f, "format_major"), attr_int(f, "format_minor")
-    if major is None or minor is None:
-        raise TraceFormatError("format_major/format_minor attributes missing or not integers")
-    if major != TRACESET_MAJOR:
-        raise UnsupportedVersionError(
-            f"trace-set format {major}.{minor} is not supported (this reader reads "
-            f"{TRACESET_MAJOR}.x)" + ("; upgrade tensortrace" if major > TRACESET_MAJOR else ""))
+    major, minor = check_identity(f, name=TRACESET_FORMAT, major=TRACESET_MAJOR,
+                                  what="trace-set format")
     check_safe(f, p)
     world = attr_int(f, "world_size")
     if world is None or not 1 <= world <= MAX_WORLD_SIZE:
