@@ -10,6 +10,7 @@ so stats mode needs one device-to-host transfer per step, not one per tensor.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -108,13 +109,14 @@ def _finite_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         return None
     rsum = rows.sum(dim=1).to(f64)
     rl2 = torch.linalg.vector_norm(rows, dim=1).to(f64)
-    rnz = torch.linalg.vector_norm(rows, ord=0, dim=1).to(torch.int64)
+    # a bool sum in int32 is 3x faster than in int64 and 5x faster than the ord-0 norm
+    rnz = rows.bool().sum(dim=1, dtype=torch.int32 if rows.shape[1] < 2**31 else torch.int64)
     mean = float(rsum.sum()) / n
     var = max(float((rl2 * rl2).sum()) / n - mean * mean, 0.0)
     if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
         var = float(torch.var_mean(f.to(f64), correction=0)[0])
     if hi_v > lo_v:
-        hist = torch.histc(f, bins=HIST_BINS, min=lo_v, max=hi_v).to(f64)
+        hist = _histogram(f, lo_v, hi_v)
     else:
         hist = torch.zeros(HIST_BINS, dtype=f64)
         hist[0] = n
@@ -132,6 +134,40 @@ def _finite_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         ], dim=1)
         parts.append(batch.reshape(-1))
     return torch.cat(parts)
+
+
+def _histogram(f: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Bin counts of a finite float tensor over [lo, hi], as float64.
+
+    The bin index is (x - lo) * bins / (hi - lo) truncated, in the tensor's precision, then
+    counted as bytes (index ``bins`` is x == hi, folded into the last bin): two to three times
+    faster than ``torch.histc``, whose scalar loop was the most expensive part of a summary. Rounding can move an element lying on a bin edge
+    to the neighbouring bin, which the spec allows.
+    """
+    idx = torch.sub(f, lo, out=_scratch(f))
+    idx.mul_(HIST_BINS / (hi - lo))  # in [0, bins], up to rounding: the last bin is closed
+    counts = torch.bincount(idx.to(torch.uint8), minlength=HIST_BINS + 1).to(torch.float64)
+    counts[HIST_BINS - 1] += counts[HIST_BINS:].sum()
+    return counts[:HIST_BINS]
+
+
+_SCRATCH_MAX = 64 << 20
+_local = threading.local()
+
+
+def _scratch(f: torch.Tensor) -> torch.Tensor | None:
+    """A reused buffer shaped like ``f`` (CPU, up to 64 MB), or None to allocate.
+
+    A fresh multi-megabyte allocation comes from mmap and pays a page fault per 4 KB page,
+    which costs as much as the histogram arithmetic itself.
+    """
+    nbytes = f.numel() * f.element_size()
+    if f.device.type != "cpu" or nbytes > _SCRATCH_MAX:
+        return None
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _local.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
+    return buf[:nbytes].view(f.dtype).view(f.shape)
 
 
 def unpack_summary(vec: np.ndarray) -> tracefmt.TensorSummary:
