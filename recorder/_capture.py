@@ -1,9 +1,10 @@
 """Turning live tensors into tensor ids: snapshot, deduplicate, hand to the writer.
 
 A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
-tensors are cloned; CUDA tensors are cloned and summarised on the compute stream (fast, device
-memory) and copied to pinned host memory on a side stream, so the compute stream never waits for
-the host. The same tensor seen twice in a step (a module's output is the next module's
+tensors are copied into reused host buffers and summarised on the writer thread, in both modes,
+so the training thread pays one memory copy; CUDA tensors are cloned and summarised on the
+compute stream (fast, device memory) and, in full mode, copied to pinned host memory on a side
+stream, so the compute stream never waits for the host. The same tensor seen twice in a step (a module's output is the next module's
 input) is stored once: the key is storage pointer, offset, shape, strides, dtype and
 version counter, validated by a weak reference to the first tensor so recycled memory is
 never mistaken for the same data.
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
 from ._summary import summary_vector, unpack_summary
 from ._torchio import dtype_name, to_numpy
@@ -28,9 +30,10 @@ __all__ = ["TensorCapture"]
 class TensorCapture:
     """Captures tensors for one recording; ``mode`` is "full" or "stats"."""
 
-    def __init__(self, sink: WriterThread, *, mode: str = "full") -> None:
+    def __init__(self, sink: WriterThread, *, mode: str = "full", pool_bytes: int = 1 << 30) -> None:
         self.sink = sink
         self.mode = mode
+        self._pool = HostBufferPool(max_bytes=pool_bytes)
         self._seen: dict[tuple, tuple[weakref.ref, int]] = {}
         self._side_streams: dict[torch.device, Any] = {}
         self._pending_stats: list[tuple[torch.Tensor, list[Any]]] = []
@@ -69,16 +72,35 @@ class TensorCapture:
         if not persistent:
             self._alive.append(original)
         self.captured += 1
-        if self.mode == "stats":
+        if t.is_cuda:
+            if self.mode == "stats":
+                self._queue_stats(t, tid)
+            else:
+                self._queue_cuda(t, tid, nbytes)
+        elif t.device.type == "cpu":
+            self._queue_cpu(t, tid, nbytes)
+        elif self.mode == "stats":
             self._queue_stats(t, tid)
-        elif t.is_cuda:
-            self._queue_cuda(t, tid, nbytes)
         else:
-            snap = t.clone(memory_format=torch.contiguous_format)
-            self.sink.put_tensor(self._item(
-                t, tid, nbytes, data=lambda s=snap: to_numpy(s),
-                summary=lambda s=snap: unpack_summary(summary_vector(s).numpy())))
+            self._queue_other(t, tid, nbytes)
         return tid
+
+    def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+        """Copy into a pooled buffer now; the writer thread summarises (and stores) it."""
+        snap, buf = self._pool.snapshot(t)
+        full = self.mode == "full"
+        self.sink.put_tensor(self._item(
+            t, tid, nbytes, data=(lambda s=snap: to_numpy(s)) if full else (lambda: None),
+            summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
+            done=lambda b=buf: self._pool.give(b)))
+
+    def _queue_other(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+        """Another device (MPS, XPU): summarise on it, copy to the host now."""
+        snap = t.clone(memory_format=torch.contiguous_format)
+        vec = summary_vector(snap).cpu()
+        host = snap.cpu()
+        self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda h=host: to_numpy(h),
+                                        summary=lambda v=vec: unpack_summary(v.numpy())))
 
     def _item(self, t: torch.Tensor, tid: int, nbytes: int, **kw: Any) -> TensorItem:
         return TensorItem(tid=tid, dtype=dtype_name(t.dtype), shape=tuple(t.shape),
@@ -109,7 +131,7 @@ class TensorCapture:
             summary=lambda v=host_vec: unpack_summary(v.numpy()), ready=done.synchronize))
 
     def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
-        """Stats mode: the summary is computed on the device now, fetched at ``flush_stats``."""
+        """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``."""
         vec = summary_vector(t)
         holder: list[Any] = [None]
         self._pending_stats.append((vec, holder))

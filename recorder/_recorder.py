@@ -187,7 +187,8 @@ class Recorder:
         self._writer = tracefmt.TraceWriter(self.path, compression=self.options.compression)
         self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget,
                                   on_flush=on_flush)
-        self._capture = TensorCapture(self._sink, mode=self.options.mode)
+        self._capture = TensorCapture(self._sink, mode=self.options.mode,
+                                      pool_bytes=self.options.memory_budget)
         self._handles: list[Any] = []
         self._stack: list[_Frame | None] = []
         self.step_index = 0

@@ -1,8 +1,11 @@
-"""One background writer thread draining a bounded queue into a TraceWriter.
+"""Two background threads draining a bounded queue into a TraceWriter.
 
-The recording thread hands over host copies (or pending device copies) and events; the
-writer thread waits for device copies, computes summaries that were not computed on the
-device, and writes. Tensor ids are assigned on the recording thread in the same order the
+The recording thread hands over host copies (or pending device copies) and events. A
+summary thread waits for device copies and computes the summaries that were not computed on
+the device; the writer thread checksums and writes. Both mostly run in torch, zlib and HDF5
+code that releases the GIL, so on a machine with a spare core they overlap each other and
+the training step. Everything passes both threads in the order it was put, so an event never
+reaches the file before the tensors it refers to. Tensor ids are assigned on the recording thread in the same order the
 writer will add them, so trees can refer to them at once. When queued bytes exceed the
 memory budget, ``put`` blocks until the writer catches up.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +46,11 @@ class TensorItem:
     data: Callable[[], np.ndarray | None]
     summary: Callable[[], tracefmt.TensorSummary | None] | None = None
     ready: Callable[[], None] | None = None
+    done: Callable[[], None] | None = None  # called once the writer no longer reads ``data``
+    computed: tracefmt.TensorSummary | None = None  # set by the summary thread
+    array: np.ndarray | None = None  # ``data()``, set by the summary thread
+    crc32: int | None = None  # of ``array``'s bytes, set by the summary thread
+    failed: BaseException | None = None  # raised by the summary thread, reported by the writer
 
 
 _STOP = object()
@@ -55,15 +64,20 @@ class WriterThread:
         self._writer = writer
         self._on_flush = on_flush
         self._unflushed_calls: list[int] = []
+        self._held: list[Callable[[], None]] = []  # ``done`` of tensors staged in the writer
         self._budget = max(int(budget_bytes), 1 << 20)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._summarised: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._queued_bytes = 0
         self.error: BaseException | None = None
         self.raised = False
         self.flushed_calls = 0
         self._next_tid = 0
+        self._summary_thread = threading.Thread(target=self._summarise, name="tensortrace-summary",
+                                                daemon=True)
         self._thread = threading.Thread(target=self._run, name="tensortrace-writer", daemon=True)
+        self._summary_thread.start()
         self._thread.start()
 
     # -- recording-thread side -------------------------------------------------------------
@@ -101,6 +115,7 @@ class WriterThread:
     def close(self, *, complete: bool) -> None:
         self._queue.put(("close", complete))
         self._queue.put(_STOP)
+        self._summary_thread.join()
         self._thread.join()
         self._raise_if_failed()
 
@@ -123,10 +138,32 @@ class WriterThread:
 
     # -- writer-thread side ----------------------------------------------------------------
 
+    def _summarise(self) -> None:
+        """First stage: wait for device copies, compute summaries; pass everything on in order."""
+        while True:
+            item = self._queue.get()
+            if isinstance(item, TensorItem) and self.error is None:
+                try:
+                    if item.ready is not None:
+                        item.ready()
+                        item.ready = None
+                    if item.summary is not None:
+                        item.computed = item.summary()
+                    item.array = item.data()
+                    if item.array is not None:
+                        stored = tracefmt.encode_values(item.array, item.dtype)
+                        raw = stored.reshape(-1).view(np.uint8)
+                        item.crc32 = zlib.crc32(raw)
+                except BaseException as exc:  # noqa: BLE001 - reported by the writer stage
+                    item.failed = exc
+            self._summarised.put(item)
+            if item is _STOP:
+                return
+
     def _run(self) -> None:
         w = self._writer
         while True:
-            item = self._queue.get()
+            item = self._summarised.get()
             if item is _STOP:
                 return
             if self.error is not None:
@@ -144,6 +181,7 @@ class WriterThread:
                         self._unflushed_calls.append(call)
                 elif item[0] == "flush":
                     w.flush()
+                    self._give_back()
                     self._report_flushed()
                     item[1].set()
                 elif item[0] == "close":
@@ -168,20 +206,33 @@ class WriterThread:
 
     def _write_tensor(self, item: TensorItem) -> None:
         try:
-            if item.ready is not None:
-                item.ready()
-            data = item.data()
-            summary = item.summary() if item.summary is not None else None
+            if item.failed is not None:
+                raise item.failed
+            data = item.array
+            summary = item.computed
             if summary is None and data is not None:
                 summary = tracefmt.compute_summary(tracefmt.decode_values(data, item.dtype))
             tid = self._writer.add_tensor(
                 data, dtype=item.dtype, shape=item.shape, strides=item.strides,
-                summary=summary, requires_grad=item.requires_grad,
+                summary=summary, requires_grad=item.requires_grad, crc32=item.crc32,
             )
             if tid != item.tid:
                 raise RuntimeError(f"tensor id drift: expected {item.tid}, writer gave {tid}")
+            if item.done is not None:
+                # the writer keeps staged arrays by reference until it writes them
+                if data is None:
+                    item.done()
+                else:
+                    self._held.append(item.done)
+            if self._held and self._writer.staged_heap_bytes == 0:
+                self._give_back()
         finally:
             self._release(item)
+
+    def _give_back(self) -> None:
+        held, self._held = self._held, []
+        for done in held:
+            done()
 
     def _release(self, item: Any) -> None:
         if isinstance(item, TensorItem):

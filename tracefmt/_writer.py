@@ -128,12 +128,15 @@ class TraceWriter:
         strides: tuple[int, ...] | None = None,
         summary: TensorSummary | None | str = "auto",
         requires_grad: bool = False,
+        crc32: int | None = None,
     ) -> int:
         """Stage one tensor and return its id.
 
         ``data`` holds the values in C order (for bfloat16/float8, their same-width unsigned
         bits); ``None`` records metadata and summary only (stats mode). ``summary="auto"``
         computes it with numpy. The array is kept by reference until the next flush.
+        ``crc32`` is the stored bytes' CRC-32 when the caller computed it already (on another
+        thread, so the writing thread only writes).
         """
         if data is not None:
             name = dtype or _numpy_name(data.dtype)
@@ -159,7 +162,7 @@ class TraceWriter:
                 raise UsageError(f"data of {nbytes} bytes does not match shape {shape} of {name}")
             flags |= FLAG_PAYLOAD
             offset = self._heap_len + self._staged_heap_bytes
-            crc = zlib.crc32(raw)
+            crc = zlib.crc32(raw) if crc32 is None else int(crc32)
             self._staged_heap.append(raw)
             self._staged_heap_bytes += nbytes
         batch_offset = batch_count = 0
@@ -254,6 +257,11 @@ class TraceWriter:
             with contextlib.suppress(Exception):
                 self.flush()
             self.abandon()
+
+    @property
+    def staged_heap_bytes(self) -> int:
+        """Payload bytes added but not yet written; their arrays are still referenced."""
+        return self._staged_heap_bytes
 
     @property
     def n_tensors(self) -> int:
