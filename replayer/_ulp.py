@@ -10,7 +10,7 @@ import numpy as np
 
 from ._tolerance import component_dtype, dtype_kind, normalize_dtype
 
-__all__ = ["ulp_distance", "finite_ulp", "ULP_UNDEFINED"]
+__all__ = ["ulp_distance", "finite_ulp", "finite_ulp_max", "ULP_UNDEFINED"]
 
 ULP_UNDEFINED = np.iinfo(np.uint64).max
 _SIGN_FLIP = np.uint64(1 << 63)
@@ -105,6 +105,48 @@ def finite_ulp(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
             _real_ulp(a.imag, b.imag, "float", component),
         )
     return _real_ulp(a, b, kind, component)
+
+
+def finite_ulp_max(a: np.ndarray, b: np.ndarray, dtype: str) -> int:
+    """``max(finite_ulp(a, b, dtype))`` (0 when empty), cheaply for 32-bit and narrower floats.
+
+    Their keys fit in int32, so the largest distance comes from one int64 difference instead
+    of uint64 keys per side: a third of the memory traffic on replay's most common dtype.
+    """
+    component = component_dtype(dtype)
+    if dtype_kind(dtype) != "float" or component not in _NARROW:
+        dist = finite_ulp(a, b, dtype)
+        return int(np.max(dist)) if dist.size else 0
+    ka, kb = _narrow_keys(a, component), _narrow_keys(b, component)
+    if ka.size == 0:
+        return 0
+    diff = np.subtract(ka, kb, dtype=np.int64)
+    return int(max(int(diff.max()), -int(diff.min())))
+
+
+# value dtype, its same-width integer, bits shifted away (bfloat16 is a float32's top half),
+# magnitude mask
+_NARROW = {"float32": (np.float32, np.int32, 0, 0x7FFF_FFFF),
+           "float16": (np.float16, np.int16, 0, 0x7FFF),
+           "bfloat16": (np.float32, np.int32, 16, 0x7FFF)}
+
+
+def _narrow_keys(values: np.ndarray, component: str) -> np.ndarray:
+    """The monotone keys of ``_ulp_keys`` as signed integers of the format's own width.
+
+    Negative values (sign bit set) become -magnitude: flipping the magnitude bits gives
+    -1 - magnitude, and subtracting the sign (-1) adds the one back. Four integer passes,
+    several times faster than ``np.where``.
+    """
+    ftype, itype, shift, mask = _NARROW[component]
+    bits = np.asarray(values, dtype=ftype).view(itype)
+    if shift:
+        bits = bits >> shift
+    sign = bits >> (8 * bits.itemsize - 1)  # -1 where negative, else 0
+    keys = sign & mask
+    keys ^= bits
+    keys -= sign
+    return keys
 
 
 def ulp_distance(a: np.ndarray, b: np.ndarray, *, dtype: str) -> np.ndarray:

@@ -278,6 +278,27 @@ class TestUlpDistance:
         assert ulp_distance(z, w, dtype="complex64").tolist() == [1]
 
 
+class TestFiniteUlpMax:
+    @pytest.mark.parametrize(("dtype", "itype"), [("float32", np.int32), ("float16", np.int16),
+                                                  ("bfloat16", np.int32), ("float64", np.int64)])
+    def test_equals_the_maximum_of_the_elementwise_distance(self, dtype: str, itype: type) -> None:
+        """The fast maximum agrees with max(finite_ulp) on random bit patterns of every sign."""
+        from replayer._ulp import finite_ulp, finite_ulp_max
+
+        rng = np.random.default_rng(7)
+        info = np.iinfo(itype)
+        for _ in range(20):
+            bits = rng.integers(info.min, info.max, size=(2, 257), dtype=itype, endpoint=True)
+            ftype = {np.int32: np.float32, np.int16: np.float16, np.int64: np.float64}[itype]
+            a, b = bits.view(ftype)
+            keep = ~(np.isnan(a) | np.isnan(b))
+            a, b = a[keep], b[keep]
+            if dtype == "bfloat16":
+                a = (a.view(np.int32) & np.int32(-65536)).view(np.float32)
+            assert finite_ulp_max(a, b, dtype) == int(np.max(finite_ulp(a, b, dtype)))
+        assert finite_ulp_max(np.zeros(0, np.float32), np.zeros(0, np.float32), dtype) == 0
+
+
 class TestBatchBreakdown:
     def test_per_element_stats(self) -> None:
         """Each batch element gets its own max error and mismatch count."""
@@ -589,6 +610,46 @@ class TestCompareTensors:
         ref = rng.standard_normal((16, 125_000)).astype(np.float32)
         res = compare_tensors(ref, ref * np.float32(1 + 2e-7), dtype="float32")
         assert res.passed and res.numel == 2_000_000
+
+
+class TestCompareIdenticalFastPath:
+    """Bitwise-identical arrays skip the float64 statistics; the result must not change."""
+
+    CASES = [
+        ("float32", np.random.default_rng(0).standard_normal((8, 33)).astype(np.float32)),
+        ("float32", np.array([[1.0, np.nan, -np.inf], [0.0, -0.0, 3e38]], dtype=np.float32)),
+        ("float64", np.random.default_rng(1).standard_normal((3, 4, 5)) * 1e200),
+        ("float16", np.random.default_rng(2).standard_normal((5, 7)).astype(np.float16)),
+        ("bfloat16", np.array([[1.0, 2.5], [-3.0, 0.0]], dtype=np.float32)),
+        ("complex64", (np.arange(12) * (1 + 2j)).astype(np.complex64).reshape(3, 4)),
+        ("int64", np.array([[1, -(2**62)], [3, 2**62]], dtype=np.int64)),
+        ("bool", np.array([[True, False], [False, False]])),
+        ("float32", np.zeros((0, 4), dtype=np.float32)),
+        ("float32", np.float32(2.5)),
+    ]
+
+    @pytest.mark.parametrize(("dtype", "x"), CASES)
+    def test_same_result_as_full_comparison(self, dtype: str, x: np.ndarray,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every field of the fast result equals the full path's for the same arrays."""
+        import replayer._compare as compare_module
+
+        fast = compare_tensors(x, np.array(x, copy=True), dtype=dtype, input_scale=2.0)
+        monkeypatch.setattr(compare_module, "_identical", lambda *a, **k: None)
+        full = compare_tensors(x, np.array(x, copy=True), dtype=dtype, input_scale=2.0)
+        assert fast.to_dict() == full.to_dict()
+
+    def test_nan_without_equal_nan_takes_the_full_path(self) -> None:
+        """With equal_nan=False, identical NaNs are still reported as mismatches."""
+        x = np.array([1.0, np.nan], dtype=np.float32)
+        res = compare_tensors(x, x.copy(), dtype="float32", equal_nan=False)
+        assert not res.passed and res.nonfinite_mismatch_count == 1
+
+    def test_signed_zero_is_not_bitwise_identical(self) -> None:
+        """-0.0 against 0.0 differs in bits: the full path runs and still passes."""
+        res = compare_tensors(np.array([0.0], np.float32), np.array([-0.0], np.float32),
+                              dtype="float32")
+        assert res.passed and res.max_abs_err == 0.0
 
 
 class TestNoiseStats:
