@@ -522,6 +522,11 @@ class Recorder:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Wait until everything recorded so far is written and durable for readers."""
+        self._capture.flush_stats()
+        self._sink.flush(wait=True)
+
     @property
     def bytes_written(self) -> int:
         return self._sink.bytes_written
