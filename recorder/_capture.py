@@ -33,7 +33,7 @@ class TensorCapture:
     def __init__(self, sink: WriterThread, *, mode: str = "full", pool_bytes: int = 1 << 30) -> None:
         self.sink = sink
         self.mode = mode
-        self._pool = HostBufferPool(max_bytes=pool_bytes)
+        self._pool = HostBufferPool(max_cached_bytes=pool_bytes)
         self._seen: dict[tuple, tuple[weakref.ref, int]] = {}
         self._side_streams: dict[torch.device, Any] = {}
         self._pending_stats: list[tuple[torch.Tensor, list[Any]]] = []

@@ -19,21 +19,19 @@ __all__ = ["HostBufferPool"]
 class HostBufferPool:
     """Byte buffers keyed by size; ``take`` on the recording thread, ``give`` on the writer's.
 
-    Buffers in use plus buffers kept for reuse stay within ``max_bytes``: a buffer given back
-    while more than that is in use is freed instead of kept.
+    At most ``max_cached_bytes`` are kept for reuse (buffers in use are bounded by the
+    recorder's memory budget, not here); a buffer given back beyond that is freed.
     """
 
-    def __init__(self, *, max_bytes: int) -> None:
-        self._max = max(int(max_bytes), 0)
+    def __init__(self, *, max_cached_bytes: int) -> None:
+        self._max = max(int(max_cached_bytes), 0)
         self._free: dict[int, list[torch.Tensor]] = {}
         self._cached = 0
-        self._in_use = 0
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> torch.Tensor:
         """A uint8 CPU tensor of ``nbytes`` (contents undefined)."""
         with self._lock:
-            self._in_use += nbytes
             bucket = self._free.get(nbytes)
             if bucket:
                 self._cached -= nbytes
@@ -44,8 +42,7 @@ class HostBufferPool:
         """Return a buffer from ``take`` once nothing refers to its contents any more."""
         nbytes = buf.numel()
         with self._lock:
-            self._in_use -= nbytes
-            if self._cached + self._in_use + nbytes <= self._max:
+            if self._cached + nbytes <= self._max:
                 self._free.setdefault(nbytes, []).append(buf)
                 self._cached += nbytes
 
