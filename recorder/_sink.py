@@ -186,6 +186,7 @@ class WriterThread:
                     item[1].set()
                 elif item[0] == "close":
                     w.close(complete=item[1])
+                    self._give_back()
                     self._report_flushed()
             except BaseException as exc:  # noqa: BLE001 - reported on the recording thread
                 self.error = exc

@@ -1031,11 +1031,18 @@ class TestStatsMode:
             torch.tensor([True, False, True]),
             torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).bfloat16(),
             torch.tensor([-6.405920505523682, 2.4532904624938965, 277.0888366699219]),
+            torch.relu(torch.randn(6, 1000, generator=torch.Generator().manual_seed(1))),
+            torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0]]),
+            1e6 + torch.rand(4, 300, generator=torch.Generator().manual_seed(2)) / 8,
+            torch.full((3, 7), -2.5),
+            torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).half(),
+            torch.randn(5, 40, generator=torch.Generator().manual_seed(4)).double(),
         ],
-        ids=["int64-large", "empty-rows", "nonfinite", "bool", "bfloat16", "hist-edge"],
+        ids=["int64-large", "empty-rows", "nonfinite", "bool", "bfloat16", "hist-edge",
+             "relu-zeros", "many-at-max", "large-offset", "constant", "float16", "float64"],
     )
     def test_awkward_values(self, tmp_path: Path, value: torch.Tensor) -> None:
-        """Regression: int64 above 2**24, (B, 0) shapes and a value on a bin edge differed."""
+        """Large ints, (B, 0), bin edges, zeros, maxima, offsets and constants summarise right."""
         model = nn.Identity()
         with recorder.record(model, tmp_path / "t.h5", mode="stats"):
             model(value)
