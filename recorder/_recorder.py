@@ -188,7 +188,7 @@ class Recorder:
         self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget,
                                   on_flush=on_flush)
         self._capture = TensorCapture(self._sink, mode=self.options.mode,
-                                      pool_bytes=self.options.memory_budget)
+                                      pool_bytes=self.options.memory_budget // 2)
         self._handles: list[Any] = []
         self._stack: list[_Frame | None] = []
         self.step_index = 0
