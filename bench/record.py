@@ -459,6 +459,9 @@ def targets(results: dict[str, dict[str, Any]], *, gpu: bool) -> str:
         "< 1x (faster)")
     add("full capture bytes / msprobe L0 tensor", stored / ms_b if stored and ms_b else None, None,
         "< 1x (smaller)")
+    ms_s = get("msprobe-stats", "e2e_s")
+    add("(context) stats mode / msprobe L0 statistics", stats / ms_s if stats and ms_s else None,
+        None, "< 1x (faster)")
     return common.table(["target", "measured", "goal", "verdict"], rows, title="Targets")
 
 
