@@ -77,7 +77,7 @@ class TensorCapture:
                 self._queue_stats(t, tid)
             else:
                 self._queue_cuda(t, tid, nbytes)
-        elif t.device.type == "cpu":
+        elif t.device.type == "cpu" and not (self.mode == "stats" and self._pending_stats):
             self._queue_cpu(t, tid, nbytes)
         elif self.mode == "stats":
             self._queue_stats(t, tid)
@@ -131,7 +131,12 @@ class TensorCapture:
             summary=lambda v=host_vec: unpack_summary(v.numpy()), ready=done.synchronize))
 
     def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
-        """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``."""
+        """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``.
+
+        CPU tensors come here too while device summaries wait for the step's end: queued
+        behind those, a host copy would count against the memory budget until the step ends,
+        and a full budget would then wait for a step end that cannot come.
+        """
         vec = summary_vector(t)
         holder: list[Any] = [None]
         self._pending_stats.append((vec, holder))

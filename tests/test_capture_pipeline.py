@@ -159,3 +159,27 @@ class TestRecorderFlush:
             with tracefmt.open_trace(path) as live:
                 assert live.n_calls == rec.calls == 6
                 assert not live.complete
+
+
+class TestTensorCaptureStatsBehindDevice:
+    def test_cpu_tensor_behind_pending_device_summaries_is_summarised_at_once(self) -> None:
+        """In stats mode a CPU tensor queued behind device summaries holds no host copy."""
+        from recorder._capture import TensorCapture
+
+        items: list[TensorItem] = []
+
+        class Sink:
+            def next_tensor_id(self) -> int:
+                return len(items)
+
+            def put_tensor(self, item: TensorItem) -> None:
+                items.append(item)
+
+        capture = TensorCapture(Sink(), mode="stats")  # type: ignore[arg-type]
+        capture.capture(torch.ones(256))
+        assert items[-1].nbytes == 1024  # nothing pending: copied, summarised on the thread
+        capture._pending_stats.append((torch.zeros(1), [None]))  # as a CUDA tensor leaves it
+        capture.capture(torch.ones(512))
+        assert items[-1].nbytes == 0
+        capture.flush_stats()
+        assert items[-1].summary is not None and items[-1].summary().count == 512

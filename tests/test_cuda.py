@@ -68,6 +68,30 @@ class TestRecordOnCuda:
                     assert a.max == pytest.approx(b.max, rel=1e-5, abs=1e-9)
 
 
+    def test_stats_mode_with_cpu_tensors_behind_device_summaries_finishes(
+            self, tmp_path: Path) -> None:
+        """CPU tensors larger than the memory budget in a CUDA stats recording do not hang."""
+        class Mixed(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.gpu = torch.nn.Linear(64, 64).cuda()
+                self.cpu = torch.nn.Identity()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.gpu(x)
+                self.cpu(torch.ones(1 << 20))  # 4 MB on the host, per call
+                return y
+
+        model = Mixed()
+        path = tmp_path / "mixed.h5"
+        with recorder.record(model, path, mode="stats", memory_budget=1 << 20) as rec:
+            for _ in range(3):
+                model(torch.randn(8, 64, device="cuda")).sum().backward()
+            rec.step()
+        with tracefmt.open_trace(path) as r:
+            assert r.complete and r.n_calls == 9
+
+
 class TestReplayOnCuda:
     def test_correct_candidates_pass_on_gpu(self, cuda_trace: Path) -> None:
         """The correct example candidates pass when replayed on the GPU."""
