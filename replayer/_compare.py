@@ -350,7 +350,8 @@ def _min_rtol(
         if tol.atol == 0.0:  # the common case: the second term is always the smaller
             need = np.add(absr, floor_scale, out=buffer)
             np.divide(d, need, out=need)
-            need[~over] = 0.0
+            if not floor_scale > 0.0:  # else d == 0 already gives 0; only 0/0 needs clearing
+                need[~over] = 0.0
         else:
             ys, rs = d[over], absr[over]
             need = np.minimum((ys - tol.atol) / rs, ys / (floor_scale + rs))
@@ -502,9 +503,10 @@ def compare_tensors(
         max_abs = float(d.reshape(-1)[flat])
         if max_abs > 0:
             abs_index = _index(flat, shape)
-            with np.errstate(over="ignore"):  # tiny |reference|: inf is the honest answer
-                rel = np.divide(d, absr, out=np.zeros_like(d), where=absr > 0)
-            rel[(absr == 0) & (d > 0)] = np.inf
+            # tiny or zero |reference| gives inf, the honest answer; 0/0 is no error at all
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                rel = np.divide(d, absr)
+            np.fmax(rel, 0.0, out=rel)  # fmax drops the NaN of 0/0
             flat_rel = int(np.argmax(rel))
             max_rel = float(rel.reshape(-1)[flat_rel])
             rel_index = _index(flat_rel, shape)
