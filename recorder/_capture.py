@@ -1,13 +1,13 @@
 """Turning live tensors into tensor ids: snapshot, deduplicate, hand to the writer.
 
 A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
-tensors are copied into reused host buffers and summarised on the writer thread, in both modes,
-so the training thread pays one memory copy; CUDA tensors are cloned and summarised on the
-compute stream (fast, device memory) and, in full mode, copied to pinned host memory on a side
-stream, so the compute stream never waits for the host. The same tensor seen twice in a step (a module's output is the next module's
-input) is stored once: the key is storage pointer, offset, shape, strides, dtype and
-version counter, validated by a weak reference to the first tensor so recycled memory is
-never mistaken for the same data.
+tensors are copied into reused host buffers and summarised on the summary thread, in both
+modes, so the training thread pays one memory copy; CUDA tensors are cloned and summarised on
+the compute stream (fast, device memory) and, in full mode, copied to pinned host memory on a
+side stream, so the compute stream never waits for the host. The same tensor seen twice in a
+step (a module's output is the next module's input) is stored once: the key is storage
+pointer, offset, shape, strides, dtype and version counter, validated by a weak reference to
+the first tensor so recycled memory is never mistaken for the same data.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TensorCapture:
         return tid
 
     def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
-        """Copy into a pooled buffer now; the writer thread summarises (and stores) it."""
+        """Copy into a pooled buffer now; the summary thread summarises it, the writer stores it."""
         snap, buf = self._pool.snapshot(t)
         full = self.mode == "full"
         self.sink.put_tensor(self._item(

@@ -2,12 +2,13 @@
 
 The recording thread hands over host copies (or pending device copies) and events. A
 summary thread waits for device copies and computes the summaries that were not computed on
-the device; the writer thread checksums and writes. Both mostly run in torch, zlib and HDF5
-code that releases the GIL, so on a machine with a spare core they overlap each other and
-the training step. Everything passes both threads in the order it was put, so an event never
-reaches the file before the tensors it refers to. Tensor ids are assigned on the recording thread in the same order the
-writer will add them, so trees can refer to them at once. When queued bytes exceed the
-memory budget, ``put`` blocks until the writer catches up.
+the device, and the payload checksums; the writer thread only writes. Both mostly run in
+torch, zlib and HDF5 code that releases the GIL, so on a machine with a spare core they
+overlap each other and the training step. Everything passes both threads in the order it was
+put, so an event never reaches the file before the tensors it refers to. Tensor ids are
+assigned on the recording thread in the same order the writer will add them, so trees can
+refer to them at once. When queued bytes exceed the memory budget, ``put`` blocks until the
+writer catches up.
 
 A failure on the writer thread is raised on the recording thread at its next ``put``, so a
 full disk stops the recording within one call instead of at ``close``. Flushed call ids are

@@ -141,9 +141,12 @@ def _histogram(f: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
     The bin index is (x - lo) * bins / (hi - lo) truncated, in the tensor's precision, then
     counted as bytes (index ``bins`` is x == hi, folded into the last bin): two to three times
-    faster than ``torch.histc``, whose scalar loop was the most expensive part of a summary. Rounding can move an element lying on a bin edge
-    to the neighbouring bin, which the spec allows.
+    faster than ``torch.histc``, whose scalar loop was the most expensive part of a summary.
+    Rounding can move an element lying on a bin edge to the neighbouring bin, which the spec
+    allows. A span or scale outside float32's range is binned in float64.
     """
+    if f.dtype != torch.float64 and not 1e-36 < hi - lo < 1e38:
+        f = f.to(torch.float64)
     idx = torch.sub(f, lo, out=_scratch(f))
     idx.mul_(HIST_BINS / (hi - lo))  # in [0, bins], up to rounding: the last bin is closed
     counts = torch.bincount(idx.to(torch.uint8), minlength=HIST_BINS + 1).to(torch.float64)

@@ -1037,9 +1037,12 @@ class TestStatsMode:
             torch.full((3, 7), -2.5),
             torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).half(),
             torch.randn(5, 40, generator=torch.Generator().manual_seed(4)).double(),
+            torch.tensor([-3e38, 0.0, 1.0, 3e38]),
+            torch.tensor([0.0, 1e-45, 1e-45, 3e-45]),
         ],
         ids=["int64-large", "empty-rows", "nonfinite", "bool", "bfloat16", "hist-edge",
-             "relu-zeros", "many-at-max", "large-offset", "constant", "float16", "float64"],
+             "relu-zeros", "many-at-max", "large-offset", "constant", "float16", "float64",
+             "span-overflows", "subnormal-span"],
     )
     def test_awkward_values(self, tmp_path: Path, value: torch.Tensor) -> None:
         """Large ints, (B, 0), bin edges, zeros, maxima, offsets and constants summarise right."""
