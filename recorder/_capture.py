@@ -21,7 +21,7 @@ import torch
 
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
-from ._summary import summary_vector, unpack_summary
+from ._summary import device_summary, summary_vector, unpack_summary
 from ._torchio import dtype_name, to_numpy
 
 __all__ = ["TensorCapture"]
@@ -111,7 +111,7 @@ class TensorCapture:
         """Snapshot on the compute stream, summarise on the device, copy to pinned host
         memory on a side stream: the host thread then only checksums and writes."""
         snap = t.clone(memory_format=torch.contiguous_format)
-        vec = summary_vector(snap)
+        vec, unpack = device_summary(snap)
         stream = self._side_streams.get(t.device)
         if stream is None:
             stream = self._side_streams[t.device] = torch.cuda.Stream(t.device)
@@ -128,7 +128,7 @@ class TensorCapture:
         del snap, vec
         self.sink.put_tensor(self._item(
             t, tid, nbytes, data=lambda h=host: to_numpy(h),
-            summary=lambda v=host_vec: unpack_summary(v.numpy()), ready=done.synchronize))
+            summary=lambda v=host_vec: unpack(v.numpy()), ready=done.synchronize))
 
     def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
         """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``.
@@ -137,11 +137,11 @@ class TensorCapture:
         behind those, a host copy would count against the memory budget until the step ends,
         and a full budget would then wait for a step end that cannot come.
         """
-        vec = summary_vector(t)
+        vec, unpack = device_summary(t)
         holder: list[Any] = [None]
         self._pending_stats.append((vec, holder))
         self.sink.put_tensor(self._item(t, tid, 0, data=lambda: None,
-                                        summary=lambda h=holder: unpack_summary(h[0]),
+                                        summary=lambda h=holder: unpack(h[0]),
                                         ready=self._stats_ready.wait))
 
     def flush_stats(self) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ import torch
 import tracefmt
 from tracefmt import HIST_BINS
 
-__all__ = ["summary_vector", "unpack_summary", "HEADER"]
+__all__ = ["summary_vector", "device_summary", "unpack_summary", "HEADER"]
 
 HEADER = 9  # count, min, max, mean, std, nan, posinf, neginf, zeros
 _MAX_BATCH = 4096
@@ -171,6 +174,29 @@ def _scratch(f: torch.Tensor) -> torch.Tensor | None:
     if buf is None or buf.numel() < nbytes:
         buf = _local.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
     return buf[:nbytes].view(f.dtype).view(f.shape)
+
+
+_triton_state: dict[str, object] = {}
+
+
+def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray], tracefmt.TensorSummary]]:
+    """The summary of ``t`` kept on its device, and the function that unpacks a host copy.
+
+    CUDA float32/float16/bfloat16 tensors use the Triton kernels of ``_device_summary``
+    (three launches, no host sync); anything else, or a machine where those kernels do not
+    build, uses ``summary_vector``. The first failure is warned about once.
+    """
+    if t.is_cuda and t.numel() and not _triton_state.get("failed"):
+        try:
+            from . import _device_summary as kernels
+
+            if t.dtype in kernels.SUPPORTED:
+                return kernels.raw_summary(t), partial(kernels.unpack_raw, shape=tuple(t.shape))
+        except Exception as exc:  # noqa: BLE001 - any build or launch failure: the torch path
+            _triton_state["failed"] = exc
+            warnings.warn(f"tensortrace: Triton device summaries unavailable ({exc}); "
+                          "summarising with torch, one host sync per tensor", stacklevel=2)
+    return summary_vector(t), unpack_summary
 
 
 def unpack_summary(vec: np.ndarray) -> tracefmt.TensorSummary:

@@ -92,6 +92,25 @@ class TestRecordOnCuda:
             assert r.complete and r.n_calls == 9
 
 
+    def test_device_summaries_use_the_triton_kernels(self) -> None:
+        """On a GPU the Triton summary kernels build (no torch fallback) and match the reference."""
+        import warnings
+
+        from _summary_checks import assert_summary_close
+
+        import recorder._device_summary as kernels
+        from recorder._summary import device_summary
+
+        t = torch.randn(64, 300, device="cuda")
+        t[3, 7] = float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vec, unpack = device_summary(t)
+        assert unpack.func is kernels.unpack_raw
+        want = tracefmt.compute_summary(t.cpu().numpy())
+        assert_summary_close(unpack(vec.cpu().numpy()), want, "cuda")
+
+
 class TestReplayOnCuda:
     def test_correct_candidates_pass_on_gpu(self, cuda_trace: Path) -> None:
         """The correct example candidates pass when replayed on the GPU."""

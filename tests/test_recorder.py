@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _summary_checks import assert_summary_close
 from conftest import EXAMPLE, EXAMPLE_SEED, EXAMPLE_STEPS
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -969,27 +970,6 @@ def stats_reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tracefmt.
     )
     with tracefmt.open_trace(path) as reader:
         yield reader
-
-
-def assert_summary_close(
-    got: tracefmt.TensorSummary, want: tracefmt.TensorSummary, what: str
-) -> None:
-    for field in ("count", "nan", "posinf", "neginf", "zeros"):
-        assert getattr(got, field) == getattr(want, field), (what, field)
-    for field in ("min", "max"):
-        a, b = getattr(got, field), getattr(want, field)
-        assert a == pytest.approx(b, rel=0, abs=0, nan_ok=True), (what, field)
-    # mean and std may be accumulated in float32: their error follows the tensor's magnitude
-    scale = max(abs(want.min), abs(want.max)) if want.finite else 0.0
-    for field in ("mean", "std"):
-        a, b = getattr(got, field), getattr(want, field)
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-6 * scale + 1e-30, nan_ok=True), (what, field)
-    # The spec lets bins be evaluated in the compute precision: an element exactly at a bin
-    # edge may land in the neighbouring bin, nothing more.
-    assert sum(got.hist) == sum(want.hist), (what, "hist total")
-    moved = sum(abs(a - b) for a, b in zip(got.hist, want.hist, strict=True))
-    assert moved <= 2 * max(2, got.count // 1000), (what, "hist", got.hist, want.hist)
-    np.testing.assert_allclose(got.batch, want.batch, rtol=1e-5, atol=1e-12, err_msg=what)
 
 
 class TestStatsMode:

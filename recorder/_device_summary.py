@@ -1,0 +1,162 @@
+"""Summaries of CUDA tensors in two Triton kernels, with no host sync.
+
+The torch formulation (``summary_vector``) launches dozens of kernels per tensor, and
+``torch.bincount`` reads the maximum back to the host, a sync per tensor that drains the
+compute stream. Here one kernel reduces tiles of rows into per-row accumulators (min, max,
+sum, sum of squares, zero and non-finite counts; rows past the 4096th share one slot) and the
+global min, max and shifted sums for the variance; a second kernel bins every finite element
+against the global range it reads from device memory. With the buffer's initialisation that
+is three launches per tensor. The accumulators stay on the device in one float64 vector until
+the step's single transfer; ``unpack_raw`` finishes the summary on the host.
+
+Float32, float16 and bfloat16 only (compared and binned in float32 and float64, summed per
+tile in float32 and across tiles in float64, as the spec allows); other dtypes and empty
+tensors take the torch path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+import tracefmt
+from tracefmt import HIST_BINS
+
+__all__ = ["SUPPORTED", "raw_summary", "unpack_raw"]
+
+SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_BATCH = 4096
+_TILE = 4096  # elements per program
+_HIST_SLOTS = 64  # tl.histogram wants a power of two: bins, then one slot for non-finite
+_GLOBAL = 8  # min, max, shifted sum, shifted sum of squares, shift, (unused) x3
+_ROW = 8  # min, max, sum, sum of squares, zeros, nan, +inf, -inf
+_HEAD = _GLOBAL + _HIST_SLOTS
+
+_templates: dict[torch.device, torch.Tensor] = {}
+
+
+@triton.jit
+def _rows_kernel(x_ptr, buf_ptr, n_rows, row_len, col_blocks, n_slots,
+                 ROWS: tl.constexpr, COLS: tl.constexpr, HEAD: tl.constexpr):
+    pid = tl.program_id(0)
+    rb = pid // col_blocks
+    cb = pid % col_blocks
+    r = rb * ROWS + tl.arange(0, ROWS)
+    c = cb * COLS + tl.arange(0, COLS)
+    rmask = r < n_rows
+    m = rmask[:, None] & (c < row_len)[None, :]
+    x = tl.load(x_ptr + r[:, None].to(tl.int64) * row_len + c[None, :], mask=m, other=0.0)
+    x = x.to(tl.float32)
+    nan = m & (x != x)
+    pinf = m & (x == float("inf"))
+    ninf = m & (x == float("-inf"))
+    valid = m & ~nan & ~pinf & ~ninf
+    xz = tl.where(valid, x, 0.0)
+    rmin = tl.min(tl.where(valid, x, float("inf")), axis=1)
+    rmax = tl.max(tl.where(valid, x, float("-inf")), axis=1)
+    slot = buf_ptr + HEAD + tl.minimum(r, n_slots - 1) * 8
+    tl.atomic_min(slot + 0, rmin.to(tl.float64), mask=rmask)
+    tl.atomic_max(slot + 1, rmax.to(tl.float64), mask=rmask)
+    tl.atomic_add(slot + 2, tl.sum(xz, axis=1).to(tl.float64), mask=rmask)
+    tl.atomic_add(slot + 3, tl.sum(xz * xz, axis=1).to(tl.float64), mask=rmask)
+    tl.atomic_add(slot + 4, tl.sum((m & (x == 0.0)).to(tl.float32), axis=1).to(tl.float64),
+                  mask=rmask)
+    tl.atomic_add(slot + 5, tl.sum(nan.to(tl.float32), axis=1).to(tl.float64), mask=rmask)
+    tl.atomic_add(slot + 6, tl.sum(pinf.to(tl.float32), axis=1).to(tl.float64), mask=rmask)
+    tl.atomic_add(slot + 7, tl.sum(ninf.to(tl.float32), axis=1).to(tl.float64), mask=rmask)
+    # the variance from sums shifted by the first element: no cancellation near the mean
+    k = tl.load(x_ptr).to(tl.float32)
+    k = tl.where((k == k) & (k != float("inf")) & (k != float("-inf")), k, 0.0)
+    d = tl.where(valid, x - k, 0.0)
+    tl.atomic_min(buf_ptr + 0, tl.min(rmin, axis=0).to(tl.float64))
+    tl.atomic_max(buf_ptr + 1, tl.max(rmax, axis=0).to(tl.float64))
+    tl.atomic_add(buf_ptr + 2, tl.sum(tl.sum(d, axis=1), axis=0).to(tl.float64))
+    tl.atomic_add(buf_ptr + 3, tl.sum(tl.sum(d * d, axis=1), axis=0).to(tl.float64))
+    tl.atomic_max(buf_ptr + 4, k.to(tl.float64), mask=pid == 0)
+
+
+@triton.jit
+def _hist_kernel(x_ptr, buf_ptr, n, BLOCK: tl.constexpr, BINS: tl.constexpr,
+                 SLOTS: tl.constexpr, GLOBAL: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    finite = m & (x == x) & (x != float("inf")) & (x != float("-inf"))
+    lo = tl.load(buf_ptr + 0)
+    hi = tl.load(buf_ptr + 1)
+    span = hi - lo
+    # float64: 32 / (a float32 span) is finite; a constant tensor (span 0) is all bin 0
+    scale = tl.where(span > 0, BINS / tl.where(span > 0, span, 1.0), 0.0)
+    pos = tl.where(finite, (x.to(tl.float64) - lo) * scale, 0.0)
+    idx = tl.minimum(pos.to(tl.int32), BINS - 1)  # x == max lands in the last bin
+    idx = tl.where(finite, idx, BINS)
+    counts = tl.histogram(idx, SLOTS)
+    tl.atomic_add(buf_ptr + GLOBAL + tl.arange(0, SLOTS), counts.to(tl.float64))
+
+
+def _template(device: torch.device, n: int) -> torch.Tensor:
+    """A device vector holding the accumulators' starting values for up to ``n`` entries."""
+    cached = _templates.get(device)
+    if cached is None or cached.numel() < n:
+        size = _HEAD + (_MAX_BATCH + 1) * _ROW
+        row = [math.inf, -math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        host = np.zeros(size, dtype=np.float64)
+        host[:_GLOBAL] = [math.inf, -math.inf, 0.0, 0.0, -math.inf, 0.0, 0.0, 0.0]
+        host[_HEAD:] = np.tile(row, _MAX_BATCH + 1)
+        cached = _templates[device] = torch.from_numpy(host).to(device)
+    return cached
+
+
+def raw_summary(t: torch.Tensor) -> torch.Tensor:
+    """The accumulators of ``t`` (a non-empty tensor of a SUPPORTED dtype) as a float64 vector.
+
+    Launched on the current stream; nothing is read back. ``unpack_raw`` with the tensor's
+    shape turns a host copy into a TensorSummary.
+    """
+    x = t.detach().contiguous()
+    n_rows = x.shape[0] if x.dim() else 1
+    row_len = x.numel() // n_rows
+    n_slots = min(n_rows, _MAX_BATCH) + 1  # the last slot collects rows past the 4096th
+    buf = _template(x.device, _HEAD + n_slots * _ROW)[:_HEAD + n_slots * _ROW].clone()
+    cols = min(triton.next_power_of_2(row_len), _TILE)
+    rows = max(_TILE // cols, 1)
+    col_blocks = triton.cdiv(row_len, cols)
+    grid = (triton.cdiv(n_rows, rows) * col_blocks,)
+    _rows_kernel[grid](x, buf, n_rows, row_len, col_blocks, n_slots,
+                       ROWS=rows, COLS=cols, HEAD=_HEAD)
+    _hist_kernel[(triton.cdiv(x.numel(), _TILE),)](x, buf, x.numel(), BLOCK=_TILE,
+                                                    BINS=HIST_BINS, SLOTS=_HIST_SLOTS,
+                                                    GLOBAL=_GLOBAL)
+    return buf
+
+
+def unpack_raw(raw: np.ndarray, shape: tuple[int, ...]) -> tracefmt.TensorSummary:
+    """A host copy of ``raw_summary``'s vector, for a tensor of ``shape``, as a TensorSummary."""
+    count = int(np.prod(shape, dtype=np.int64))
+    g = raw[:_GLOBAL]
+    hist = tuple(int(v) for v in raw[_GLOBAL:_GLOBAL + HIST_BINS])
+    rows = raw[_HEAD:].reshape(-1, _ROW)
+    nan, posinf, neginf = (int(rows[:, i].sum()) for i in (5, 6, 7))
+    finite = count - nan - posinf - neginf
+    if finite:
+        shift_mean = g[2] / finite
+        mean = g[4] + shift_mean
+        std = math.sqrt(max(g[3] / finite - shift_mean * shift_mean, 0.0))
+        lo, hi = float(g[0]), float(g[1])
+    else:
+        mean = std = lo = hi = math.nan
+    batch = np.zeros((0, 4))
+    if len(shape) and shape[0]:
+        r = rows[:min(shape[0], _MAX_BATCH)]
+        empty = r[:, 0] > r[:, 1]  # no finite element: min stayed +inf
+        max_abs = np.where(empty, 0.0, np.maximum(np.abs(r[:, 0]), np.abs(r[:, 1])))
+        batch = np.stack([np.sqrt(r[:, 3]), max_abs, r[:, 5] + r[:, 6] + r[:, 7], r[:, 4]], axis=1)
+    return tracefmt.TensorSummary(
+        count=count, min=lo, max=hi, mean=mean, std=std, nan=nan, posinf=posinf,
+        neginf=neginf, zeros=int(rows[:, 4].sum()), hist=hist, batch=batch,
+    )

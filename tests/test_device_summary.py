@@ -1,0 +1,112 @@
+"""The Triton device summaries agree with the float64 reference summary.
+
+On a CPU machine the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set
+before anything imports triton); on a GPU ``tests/test_cuda.py`` records with them compiled.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from _summary_checks import assert_summary_close  # noqa: E402
+
+import tracefmt  # noqa: E402
+
+pytest.importorskip("triton")
+
+_G = torch.Generator().manual_seed(0)
+
+CASES = {
+    "randn": torch.randn(6, 50, 7, generator=_G),
+    "nonfinite": torch.tensor([[1.0, float("nan"), -2.0], [float("inf"), -float("inf"), 0.5]]),
+    "relu-zeros": torch.relu(torch.randn(4, 300, generator=_G)),
+    "many-at-max": torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0]]),
+    "large-offset": 1e6 + torch.rand(4, 300, generator=_G) / 8,
+    "constant": torch.full((3, 7), -2.5),
+    "subnormal-span": torch.tensor([0.0, 1e-45, 1e-45, 3e-45]),
+    "bfloat16": torch.randn(5, 33, generator=_G).bfloat16(),
+    "float16": torch.randn(5, 33, generator=_G).half(),
+    "0-d": torch.tensor(3.25),
+    "1-d": torch.randn(5000, generator=_G),
+    "rows-past-4096": torch.randn(4100, 3, generator=_G),
+    "long-rows": torch.randn(2, 9000, generator=_G),
+    "all-nan-row": torch.tensor([[float("nan"), float("nan")], [1.0, 2.0]]),
+}
+
+
+def _reference(t: torch.Tensor) -> tracefmt.TensorSummary:
+    return tracefmt.compute_summary(t.float().numpy())
+
+
+class TestRawSummary:
+    @pytest.mark.parametrize("name", list(CASES))
+    def test_matches_the_reference_summary(self, name: str) -> None:
+        """Counts, min and max exact; mean, std, histogram and batch rows within the spec."""
+        from recorder._device_summary import raw_summary, unpack_raw
+
+        t = CASES[name]
+        got = unpack_raw(raw_summary(t).numpy(), tuple(t.shape))
+        assert_summary_close(got, _reference(t), name)
+
+    def test_non_contiguous_input(self) -> None:
+        """A transposed tensor is summarised by its values, rows along its own first dim."""
+        from recorder._device_summary import raw_summary, unpack_raw
+
+        t = torch.randn(40, 6, generator=_G).t()
+        got = unpack_raw(raw_summary(t).numpy(), tuple(t.shape))
+        assert_summary_close(got, _reference(t.contiguous()), "transposed")
+
+
+class TestDeviceSummary:
+    def test_cpu_tensors_take_the_torch_path(self) -> None:
+        """Without CUDA the torch formulation is used and unpacked by its own function."""
+        from recorder._summary import device_summary, unpack_summary
+
+        vec, unpack = device_summary(torch.ones(3, 4))
+        assert unpack is unpack_summary and vec.dtype == torch.float64
+        assert unpack(vec.numpy()).count == 12
+
+    def test_unpacked_batch_rows_have_the_spec_columns(self) -> None:
+        """Batch rows are (l2, max_abs, nonfinite, zeros) for the first 4096 rows only."""
+        from recorder._device_summary import raw_summary, unpack_raw
+
+        t = CASES["rows-past-4096"]
+        got = unpack_raw(raw_summary(t).numpy(), tuple(t.shape))
+        assert got.batch.shape == (4096, 4)
+        np.testing.assert_allclose(got.batch[:, 0], torch.linalg.vector_norm(t[:4096], dim=1),
+                                   rtol=1e-6)
+
+
+class TestStatsPlumbing:
+    def test_raw_vectors_survive_the_one_transfer_per_step(self,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """Device summaries queued in stats mode unpack to the reference after flush_stats."""
+        from functools import partial
+
+        import recorder._capture as capture_module
+        from recorder._device_summary import raw_summary, unpack_raw
+        from recorder._sink import TensorItem
+
+        monkeypatch.setattr(capture_module, "device_summary", lambda t: (
+            raw_summary(t), partial(unpack_raw, shape=tuple(t.shape))))
+        items: list[TensorItem] = []
+
+        class Sink:
+            def next_tensor_id(self) -> int:
+                return len(items)
+
+            def put_tensor(self, item: TensorItem) -> None:
+                items.append(item)
+
+        capture = capture_module.TensorCapture(Sink(), mode="stats")  # type: ignore[arg-type]
+        tensors = [CASES["randn"], CASES["nonfinite"], CASES["bfloat16"]]
+        for i, t in enumerate(tensors):
+            capture._queue_stats(t, i)  # what a CUDA tensor takes in stats mode
+        capture.flush_stats()
+        for item, t in zip(items, tensors, strict=True):
+            assert_summary_close(item.summary(), _reference(t), str(t.dtype))
