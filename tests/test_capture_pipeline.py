@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _list_sink import ListSink
 from torch import nn
 
 import recorder
@@ -166,16 +167,9 @@ class TestTensorCaptureStatsBehindDevice:
         """In stats mode a CPU tensor queued behind device summaries holds no host copy."""
         from recorder._capture import TensorCapture
 
-        items: list[TensorItem] = []
-
-        class Sink:
-            def next_tensor_id(self) -> int:
-                return len(items)
-
-            def put_tensor(self, item: TensorItem) -> None:
-                items.append(item)
-
-        capture = TensorCapture(Sink(), mode="stats")  # type: ignore[arg-type]
+        sink = ListSink()
+        items = sink.items
+        capture = TensorCapture(sink, mode="stats")  # type: ignore[arg-type]
         capture.capture(torch.ones(256))
         assert items[-1].nbytes == 1024  # nothing pending: copied, summarised on the thread
         capture._pending_stats.append((torch.zeros(1), [None]))  # as a CUDA tensor leaves it

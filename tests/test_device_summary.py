@@ -13,6 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _list_sink import ListSink  # noqa: E402
 from _summary_checks import assert_summary_close  # noqa: E402
 
 import tracefmt  # noqa: E402
@@ -90,23 +91,13 @@ class TestStatsPlumbing:
 
         import recorder._capture as capture_module
         from recorder._device_summary import raw_summary, unpack_raw
-        from recorder._sink import TensorItem
-
         monkeypatch.setattr(capture_module, "device_summary", lambda t: (
             raw_summary(t), partial(unpack_raw, shape=tuple(t.shape))))
-        items: list[TensorItem] = []
-
-        class Sink:
-            def next_tensor_id(self) -> int:
-                return len(items)
-
-            def put_tensor(self, item: TensorItem) -> None:
-                items.append(item)
-
-        capture = capture_module.TensorCapture(Sink(), mode="stats")  # type: ignore[arg-type]
+        sink = ListSink()
+        capture = capture_module.TensorCapture(sink, mode="stats")  # type: ignore[arg-type]
         tensors = [CASES["randn"], CASES["nonfinite"], CASES["bfloat16"]]
         for i, t in enumerate(tensors):
             capture._queue_stats(t, i)  # what a CUDA tensor takes in stats mode
         capture.flush_stats()
-        for item, t in zip(items, tensors, strict=True):
+        for item, t in zip(sink.items, tensors, strict=True):
             assert_summary_close(item.summary(), _reference(t), str(t.dtype))
