@@ -645,11 +645,21 @@ class TestCompareIdenticalFastPath:
         res = compare_tensors(x, x.copy(), dtype="float32", equal_nan=False)
         assert not res.passed and res.nonfinite_mismatch_count == 1
 
-    def test_signed_zero_is_not_bitwise_identical(self) -> None:
-        """-0.0 against 0.0 differs in bits: the full path runs and still passes."""
+    def test_signed_zero_is_not_bitwise_identical(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """-0.0 against 0.0 differs in bits: the fast path declines, the full one passes it."""
+        import replayer._compare as compare_module
+
+        answers: list[object] = []
+        fast = compare_module._identical
+
+        def spy(*args: object, **kwargs: object) -> object:
+            answers.append(fast(*args, **kwargs))
+            return answers[-1]
+
+        monkeypatch.setattr(compare_module, "_identical", spy)
         res = compare_tensors(np.array([0.0], np.float32), np.array([-0.0], np.float32),
                               dtype="float32")
-        assert res.passed and res.max_abs_err == 0.0
+        assert answers == [None] and res.passed and res.max_abs_err == 0.0
 
 
 class TestNoiseStats:
