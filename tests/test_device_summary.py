@@ -10,11 +10,14 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from _list_sink import ListSink  # noqa: E402
 from _summary_checks import assert_summary_close  # noqa: E402
+from conftest import EXAMPLE, EXAMPLE_SEED, EXAMPLE_STEPS  # noqa: E402
 
 import tracefmt  # noqa: E402
 
@@ -101,3 +104,43 @@ class TestStatsPlumbing:
         capture.flush_stats()
         for item, t in zip(sink.items, tensors, strict=True):
             assert_summary_close(item.summary(), _reference(t), str(t.dtype))
+
+
+class TestStatsRecordingThroughTheKernels:
+    def test_example_recording_matches_the_full_values(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            translation_reader: tracefmt.TraceReader) -> None:
+        """The example recorded in stats mode as a CUDA model would be: every summary right."""
+        from functools import partial
+
+        import recorder
+        import recorder._capture as capture_module
+        from recorder._device_summary import SUPPORTED, raw_summary, unpack_raw
+        from recorder._summary import summary_vector, unpack_summary
+
+        through_kernels: list[int] = []
+
+        def kernels_or_torch(t: torch.Tensor) -> tuple[torch.Tensor, object]:
+            if t.dtype in SUPPORTED and t.numel():
+                through_kernels.append(t.numel())
+                return raw_summary(t), partial(unpack_raw, shape=tuple(t.shape))
+            return summary_vector(t), unpack_summary
+
+        monkeypatch.setattr(capture_module, "device_summary", kernels_or_torch)
+        monkeypatch.setattr(capture_module.TensorCapture, "_queue_cpu",
+                            lambda self, t, tid, nbytes: self._queue_stats(t, tid))
+        path = tmp_path / "stats.h5"
+        recorder.record_recipe(str(EXAMPLE), path, steps=EXAMPLE_STEPS, seed=EXAMPLE_SEED,
+                               options=recorder.RecordOptions(mode="stats"))
+        checked = 0
+        with tracefmt.open_trace(path) as stats:
+            for call in translation_reader.call_ids:
+                full, got = translation_reader.call(call), stats.call(call)
+                pairs = [*zip(full.tensors().values(), got.tensors().values(), strict=True),
+                         *zip(full.grad_tensors().values(), got.grad_tensors().values(),
+                              strict=True)]
+                for want_id, got_id in pairs:
+                    want = tracefmt.compute_summary(translation_reader.read(want_id))
+                    assert_summary_close(stats.tensor(got_id).summary, want, full.label)
+                    checked += 1
+        assert checked > 800 and len(through_kernels) > 500
