@@ -155,6 +155,33 @@ class TestTraceWriterAddTensor:
             write_one(tmp_path / "t.h5", np.zeros(3, np.float32), dtype="float8_e4m3fn")
 
 
+class TestTraceReaderNonfiniteFlags:
+    def test_flags_match_each_tensors_summary(self, tmp_path: Path) -> None:
+        """True exactly where the summary counts NaN or Inf; False without a summary."""
+        values = [np.array([1.0, 2.0]), np.array([np.nan, 1.0]), np.array([np.inf]),
+                  np.array([-np.inf, 0.0]), np.array([np.nan])]
+        path = tmp_path / "t.h5"
+        with TraceWriter(path) as w:
+            w.write_run(RunInfo((ModuleInfo(0, "", "t.M"),), {}, {}))
+            for v in values:
+                w.add_tensor(v.astype(np.float32))
+            w.add_tensor(np.array([np.nan], dtype=np.float32), summary=None)
+        with tracefmt.open_trace(path) as r:
+            flags = r.nonfinite_flags()
+            assert flags.tolist() == [False, True, True, True, True, False]
+            for tid in range(r.n_tensors):
+                s = r.tensor(tid).summary
+                assert flags[tid] == bool(s is not None and s.nan + s.posinf + s.neginf)
+
+    def test_empty_trace(self, tmp_path: Path) -> None:
+        """A trace without tensors gives an empty array."""
+        path = tmp_path / "t.h5"
+        with TraceWriter(path) as w:
+            w.write_run(RunInfo((ModuleInfo(0, "", "t.M"),), {}, {}))
+        with tracefmt.open_trace(path) as r:
+            assert r.nonfinite_flags().shape == (0,)
+
+
 class TestComputeSummary:
     """``compute_summary`` implements spec section 7."""
 

@@ -455,6 +455,25 @@ class TraceReader:
                           nbytes, int(r["crc32"]), has_payload, bool(flags & FLAG_REQUIRES_GRAD),
                           summary)
 
+    def nonfinite_flags(self) -> np.ndarray:
+        """For every tensor id, whether its summary counts any NaN or Inf (False without one).
+
+        Three columns read in blocks, instead of a TensorInfo per tensor: what a browser
+        needs to flag every call of a big trace before its first screen.
+        """
+        out = np.zeros(self.n_tensors, dtype=bool)
+        step = 1 << 16
+        for start in range(0, self.n_tensors, step):
+            stop = min(start + step, self.n_tensors)
+            try:
+                cols = np.asarray(self._tensors.fields(["flags", "nan", "posinf", "neginf"])[start:stop])
+            except (OSError, ValueError) as exc:
+                raise TraceFormatError(f"/{TENSORS}[{start}:{stop}] is unreadable ({exc})",
+                                       path=self.path) from None
+            bad = (cols["nan"] != 0) | (cols["posinf"] != 0) | (cols["neginf"] != 0)
+            out[start:stop] = bad & ((cols["flags"] & FLAG_SUMMARY) != 0)
+        return out
+
     def read(self, tid: int, *, decode: bool = True, rows: slice | None = None,
              verify: bool = False) -> np.ndarray:
         """A tensor's values as a numpy array (C order, recorded shape).

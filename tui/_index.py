@@ -139,6 +139,12 @@ def _results_maps(results: ResultsReader) -> tuple[dict, dict]:
     return entries, first
 
 
+def _nonfinite(reader: TraceReader, tid: int) -> bool:
+    """A tensor the flags did not cover (a live trace grew): from its own summary."""
+    s = reader.tensor(tid).summary
+    return s is not None and s.nan + s.posinf + s.neginf > 0
+
+
 def build_index(
     reader: TraceReader,
     results: ResultsReader | None = None,
@@ -158,14 +164,11 @@ def build_index(
     rows: dict[int, CallRow] = {}
     module_calls: dict[str, list[int]] = {}
     total = reader.n_calls
+    flagged = reader.nonfinite_flags()  # one column read, not a TensorInfo per tensor
     for n, rec in enumerate(reader.calls()):
         tids = [*rec.tensors().values(), *rec.grad_tensors().values()]
-        nonfinite = False
-        for tid in tids:
-            s = reader.tensor(tid).summary
-            if s is not None and s.nan + s.posinf + s.neginf:
-                nonfinite = True
-                break
+        nonfinite = any(flagged[t] if 0 <= t < len(flagged) else _nonfinite(reader, t)
+                        for t in tids)
         fwd, bwd = entries.get((rec.call, "forward")), entries.get((rec.call, "backward"))
         rows[rec.call] = CallRow(
             rec.call,
