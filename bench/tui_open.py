@@ -185,11 +185,13 @@ def _child_app(spec: dict[str, Any]) -> dict[str, Any]:
     async def go() -> tuple[float | None, float]:
         first = None
         async with app.run_test(size=(160, 48)) as pilot:
-            await pilot.pause()
             deadline = time.perf_counter() + 120
+            # asyncio.sleep, not pilot.pause: pause also waits for the app to go idle, which
+            # it does only after the first call's detail and the alerts have loaded too
+            while getattr(app, "index", None) is None and time.perf_counter() < deadline:
+                await asyncio.sleep(0.002)
+            first = time.perf_counter() - t0  # the call list is filled; painted next frame
             while getattr(app, "busy", False) and time.perf_counter() < deadline:
-                if first is None and getattr(app, "index", None) is not None:
-                    first = time.perf_counter() - t0  # the call list is on screen
                 await pilot.pause(0.005)
             await app.workers.wait_for_complete()
             await pilot.pause()
