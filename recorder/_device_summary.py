@@ -39,7 +39,9 @@ _HEAD = _GLOBAL + _HIST_SLOTS
 _templates: dict[torch.device, torch.Tensor] = {}
 
 
-@triton.jit
+# sizes vary per tensor: specialising on them (divisible by 16, equal to 1) would compile a
+# variant for nearly every shape in a model
+@triton.jit(do_not_specialize=["n_rows", "row_len", "col_blocks", "n_slots"])
 def _rows_kernel(x_ptr, buf_ptr, n_rows, row_len, col_blocks, n_slots,
                  ROWS: tl.constexpr, COLS: tl.constexpr, HEAD: tl.constexpr):
     pid = tl.program_id(0)
@@ -79,7 +81,7 @@ def _rows_kernel(x_ptr, buf_ptr, n_rows, row_len, col_blocks, n_slots,
     tl.atomic_max(buf_ptr + 4, k.to(tl.float64), mask=pid == 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _hist_kernel(x_ptr, buf_ptr, n, BLOCK: tl.constexpr, BINS: tl.constexpr,
                  SLOTS: tl.constexpr, GLOBAL: tl.constexpr):
     pid = tl.program_id(0)

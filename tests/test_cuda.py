@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _summary_cases import summary_cases  # noqa: E402
+
 import recorder  # noqa: E402
 import tracefmt  # noqa: E402
 
@@ -109,6 +111,17 @@ class TestRecordOnCuda:
         assert unpack.func is kernels.unpack_raw
         want = tracefmt.compute_summary(t.cpu().numpy())
         assert_summary_close(unpack(vec.cpu().numpy()), want, "cuda")
+
+    @pytest.mark.parametrize("name", list(summary_cases()))
+    def test_compiled_kernels_match_the_reference(self, name: str) -> None:
+        """Each hard case, summarised by the compiled kernels on the GPU, matches float64 numpy."""
+        from _summary_checks import assert_summary_close
+
+        from recorder._device_summary import raw_summary, unpack_raw
+
+        t = summary_cases()[name]
+        got = unpack_raw(raw_summary(t.cuda()).cpu().numpy(), tuple(t.shape))
+        assert_summary_close(got, tracefmt.compute_summary(t.float().numpy()), name)
 
 
 class TestReplayOnCuda:

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from _list_sink import ListSink  # noqa: E402
+from _summary_cases import summary_cases  # noqa: E402
 from _summary_checks import assert_summary_close  # noqa: E402
 from conftest import EXAMPLE, EXAMPLE_SEED, EXAMPLE_STEPS  # noqa: E402
 
@@ -24,23 +25,7 @@ import tracefmt  # noqa: E402
 pytest.importorskip("triton")
 
 _G = torch.Generator().manual_seed(0)
-
-CASES = {
-    "randn": torch.randn(6, 50, 7, generator=_G),
-    "nonfinite": torch.tensor([[1.0, float("nan"), -2.0], [float("inf"), -float("inf"), 0.5]]),
-    "relu-zeros": torch.relu(torch.randn(4, 300, generator=_G)),
-    "many-at-max": torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0]]),
-    "large-offset": 1e6 + torch.rand(4, 300, generator=_G) / 8,
-    "constant": torch.full((3, 7), -2.5),
-    "subnormal-span": torch.tensor([0.0, 1e-45, 1e-45, 3e-45]),
-    "bfloat16": torch.randn(5, 33, generator=_G).bfloat16(),
-    "float16": torch.randn(5, 33, generator=_G).half(),
-    "0-d": torch.tensor(3.25),
-    "1-d": torch.randn(5000, generator=_G),
-    "rows-past-4096": torch.randn(4100, 3, generator=_G),
-    "long-rows": torch.randn(2, 9000, generator=_G),
-    "all-nan-row": torch.tensor([[float("nan"), float("nan")], [1.0, 2.0]]),
-}
+CASES = summary_cases()
 
 
 def _reference(t: torch.Tensor) -> tracefmt.TensorSummary:
