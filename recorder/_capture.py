@@ -49,7 +49,7 @@ class TensorCapture:
         Within a step every captured tensor is kept alive, so its memory cannot be recycled
         for another tensor that would then be mistaken for it; gradients especially die young.
         """
-        self._seen = {k: v for k, v in self._seen.items() if k[-1]}
+        self._seen = {k: v for k, v in self._seen.items() if k[-1] and v[0]() is not None}
         self._alive.clear()
 
     def capture(self, t: torch.Tensor, *, persistent: bool = False) -> int:

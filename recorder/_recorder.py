@@ -202,7 +202,7 @@ class Recorder:
         self._bwd_flush_queued = False
         self._bwd_order = 0
         self._since_flush = 0
-        self._last_rng: tuple[torch.Tensor, int] | None = None
+        self._last_rng: dict[str, tuple[torch.Tensor, int]] = {}
         self._loss: float | None = None
         self._budget_hit = False
         self._grads_partial = False
@@ -441,16 +441,21 @@ class Recorder:
         return self._budget_hit
 
     def _rng_state(self) -> dict[str, Any]:
-        state = torch.get_rng_state()
-        if self._last_rng is not None and torch.equal(self._last_rng[0], state):
-            cpu = self._last_rng[1]
-        else:
-            cpu = self._capture.capture(state, persistent=True)
-            self._last_rng = (state, cpu)
-        out: dict[str, Any] = {"cpu": cpu}
+        """Tensor ids of the RNG states before this call; a state unchanged since the last
+        call (no random op ran in between, the usual case) reuses the last one's id."""
+        out: dict[str, Any] = {"cpu": self._same_or_new("cpu", torch.get_rng_state())}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["cuda"] = [self._capture.capture(s) for s in torch.cuda.get_rng_state_all()]
+            out["cuda"] = [self._same_or_new(f"cuda:{i}", s)
+                           for i, s in enumerate(torch.cuda.get_rng_state_all())]
         return out
+
+    def _same_or_new(self, key: str, state: torch.Tensor) -> int:
+        last = self._last_rng.get(key)
+        if last is not None and torch.equal(last[0], state):
+            return last[1]
+        tid = self._capture.capture(state)
+        self._last_rng[key] = (state, tid)
+        return tid
 
     # -- backward --------------------------------------------------------------------------
 

@@ -77,11 +77,11 @@ class TestRecordOnCuda:
             def __init__(self) -> None:
                 super().__init__()
                 self.gpu = torch.nn.Linear(64, 64).cuda()
-                self.cpu = torch.nn.Identity()
+                self.host = torch.nn.Identity()  # not "cpu": that would shadow Module.cpu
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 y = self.gpu(x)
-                self.cpu(torch.ones(1 << 20))  # 4 MB on the host, per call
+                self.host(torch.ones(1 << 20))  # 4 MB on the host, per call
                 return y
 
         model = Mixed()
@@ -147,7 +147,8 @@ class TestReplayOnCuda:
         )
         first = rep.first_divergence("backward")
         assert first is not None and first.module.endswith("softmax")
-        batch = len(first.worst().batch_stats or []) or 32
+        batch = first.worst().batch_size
+        assert batch and batch > 1
         assert first.bad_batch_indices == list(range(1, batch))
 
     def test_triton_candidates_pass_on_gpu(self, cuda_trace: Path) -> None:

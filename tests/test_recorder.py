@@ -825,6 +825,19 @@ class TestRngState:
             assert all(torch.equal(a, b) for a, b in zip(seen, recorded[path])), path
         assert not torch.equal(states["1"][0], states["3"][0])
 
+    def test_unchanged_state_is_stored_once(self, tmp_path: Path) -> None:
+        """Calls with no random op between them share one stored state; after a dropout it is new."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 4))
+        x = torch.randn(3, 4)
+        record_model(tmp_path / "t.h5", model, lambda m, s: m(x).sum(), steps=2)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            ids = {(c.step, c.module): c.rng["cpu"] for c in r.calls()}
+        for step in (0, 1):
+            assert ids[(step, "")] == ids[(step, "0")] == ids[(step, "1")] == ids[(step, "2")]
+            assert ids[(step, "3")] != ids[(step, "2")]
+        assert ids[(1, "0")] == ids[(0, "3")]  # nothing random ran between the two steps
+
     def test_another_state_gives_another_dropout(self, tmp_path: Path) -> None:
         """Dropout replayed from the recorded state matches; from the next call's state it does not."""
         torch.manual_seed(0)
