@@ -26,10 +26,11 @@ from common import fmt_bytes, fmt_s, fmt_x
 
 HERE = Path(__file__).resolve()
 
-CORE = ["plain", "full", "stats", "raw", "naive"]
+CORE = ["plain", "hooks", "full", "stats", "raw", "naive"]
 TOOLS = ["msprobe-tensor", "msprobe-stats", "torchlens", "hf-debugger-tensors", "hf-debugger-repr"]
 LABELS = {
     "plain": "(a) plain step",
+    "hooks": "(a') bare module hooks, no recording",
     "full": "(b) tensortrace full capture",
     "stats": "(c) tensortrace stats mode",
     "raw": "(d) plain + raw write of (b)'s bytes",
@@ -101,6 +102,23 @@ class Child:
 
 def _plain(c: Child) -> dict[str, Any]:
     return c.result(c.loop(c.train))
+
+
+def _hooks(c: Child) -> dict[str, Any]:
+    """The floor of any recorder that hooks every module: a pre-hook, a hook and a gradient
+    hook per call, none doing anything."""
+    def grad_hook(g: Any) -> None:
+        return None
+
+    def fwd_hook(mod: Any, args: tuple, out: Any) -> None:
+        for t in _flat(out, []):
+            if t.requires_grad:
+                t.register_hook(grad_hook)
+
+    for mod in c.model.modules():
+        mod.register_forward_pre_hook(lambda mod, args: None)
+        mod.register_forward_hook(fwd_hook)
+    return c.result(c.loop(c.train), note="floor of any per-module hook recorder")
 
 
 def _tensortrace(c: Child, mode: str) -> dict[str, Any]:
@@ -289,6 +307,7 @@ def child_main(spec: dict[str, Any]) -> None:
     c = Child(spec)
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "plain": lambda: _plain(c),
+        "hooks": lambda: _hooks(c),
         "full": lambda: _tensortrace(c, "full"),
         "stats": lambda: _tensortrace(c, "stats"),
         "raw": lambda: _raw(c),
@@ -455,6 +474,10 @@ def targets(results: dict[str, dict[str, Any]], *, gpu: bool) -> str:
     add("stats mode / plain", stats / plain if stats and plain else None, 1.10 if gpu else 1.30)
     add("  same, in CPU seconds", cpu["stats"] / cpu["plain"] if cpu["stats"] and cpu["plain"]
         else None, 1.10 if gpu else 1.30)
+    hooks = get("hooks", "e2e_s")
+    rows.append(["(context) bare module hooks / plain",
+                 fmt_x(hooks / plain) if hooks and plain else "-",
+                 "floor of hook-based recording", "-"])
     add("full capture time / msprobe L0 tensor", full / ms_t if full and ms_t else None, None,
         "< 1x (faster)")
     add("full capture bytes / msprobe L0 tensor", stored / ms_b if stored and ms_b else None, None,

@@ -16,7 +16,6 @@ import threading
 import weakref
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._pool import HostBufferPool
@@ -148,13 +147,21 @@ class TensorCapture:
         """One device-to-host transfer for all summaries computed since the last call."""
         if not self._pending_stats:
             return
-        vecs = [v for v, _ in self._pending_stats]
-        lengths = [int(v.numel()) for v in vecs]
-        host = torch.cat([v.reshape(-1).to(vecs[0].device) for v in vecs]).cpu().numpy()
-        pos = 0
-        for (_, holder), n in zip(self._pending_stats, lengths, strict=True):
-            holder[0] = np.array(host[pos:pos + n])
-            pos += n
+        # device vectors in one transfer per device; host ones (CPU tensors summarised while
+        # device summaries were pending) as they are: moving them over would sync per vector
+        by_device: dict[torch.device, list[tuple[torch.Tensor, list[Any]]]] = {}
+        for vec, holder in self._pending_stats:
+            if vec.device.type == "cpu":
+                holder[0] = vec.numpy()
+            else:
+                by_device.setdefault(vec.device, []).append((vec, holder))
+        for pending in by_device.values():
+            host = torch.cat([v.reshape(-1) for v, _ in pending]).cpu().numpy()
+            pos = 0
+            for vec, holder in pending:
+                n = int(vec.numel())
+                holder[0] = host[pos:pos + n]
+                pos += n
         self._pending_stats.clear()
         self._stats_ready.set()
         self._stats_ready = threading.Event()

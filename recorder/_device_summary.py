@@ -141,7 +141,7 @@ def unpack_raw(raw: np.ndarray, shape: tuple[int, ...]) -> tracefmt.TensorSummar
     """A host copy of ``raw_summary``'s vector, for a tensor of ``shape``, as a TensorSummary."""
     count = int(np.prod(shape, dtype=np.int64))
     g = raw[:_GLOBAL]
-    hist = tuple(int(v) for v in raw[_GLOBAL:_GLOBAL + HIST_BINS])
+    hist = tuple(raw[_GLOBAL:_GLOBAL + HIST_BINS].astype(np.int64).tolist())
     rows = raw[_HEAD:].reshape(-1, _ROW)
     nan, posinf, neginf = (int(rows[:, i].sum()) for i in (5, 6, 7))
     finite = count - nan - posinf - neginf

@@ -202,7 +202,7 @@ def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray]
 def unpack_summary(vec: np.ndarray) -> tracefmt.TensorSummary:
     """A host copy of ``summary_vector`` back into a TensorSummary."""
     h = vec[:HEADER]
-    hist = tuple(int(x) for x in vec[HEADER:HEADER + HIST_BINS])
+    hist = tuple(vec[HEADER:HEADER + HIST_BINS].astype(np.int64).tolist())
     batch = vec[HEADER + HIST_BINS:].reshape(-1, _BATCH_COLS)
     return tracefmt.TensorSummary(
         count=int(h[0]), min=float(h[1]), max=float(h[2]), mean=float(h[3]), std=float(h[4]),

@@ -11,6 +11,7 @@ recorder acknowledges; the parent compares the trace against that log.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import io
@@ -454,6 +455,46 @@ class TestDiskFull:
                         reader.read(tid, verify=True)
             if HAVE_COMMANDS:
                 assert tracefmt.validate_trace(out, deep=True).status == "incomplete"
+
+
+class TestReserveSpace:
+    """The writer claims disk space before HDF5 records it, and never writes zeros to do so."""
+
+    def test_grows_the_file_without_writing(self, tmp_path: Path) -> None:
+        """Where the file system reserves, the file grows to offset + length and reads as zeros."""
+        from tracefmt._reserve import reserve_space
+
+        path = tmp_path / "f.bin"
+        path.write_bytes(b"abc")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            done = reserve_space(fd, 3, 1 << 20)
+        finally:
+            os.close(fd)
+        if not done:
+            pytest.skip("this file system cannot reserve space")
+        assert path.stat().st_size == 3 + (1 << 20)
+        assert path.read_bytes()[:4] == b"abc\0"
+
+    @pytest.mark.parametrize(("err", "outcome"), [(errno.EOPNOTSUPP, False), (errno.EINVAL, False), (errno.ENOSPC, OSError)])
+    def test_unsupported_is_false_and_a_full_disk_raises(
+            self, monkeypatch: pytest.MonkeyPatch, err: int, outcome: object) -> None:
+        """EOPNOTSUPP and EINVAL mean "cannot reserve" (no emulation); ENOSPC is an error."""
+        import ctypes
+
+        import tracefmt._reserve as reserve
+
+        def fake(fd: int, mode: int, offset: int, length: int) -> int:
+            ctypes.set_errno(err)
+            return -1
+
+        monkeypatch.setattr(reserve, "_FALLOCATE", fake)
+        if outcome is OSError:
+            with pytest.raises(OSError) as info:
+                reserve.reserve_space(0, 0, 10)
+            assert info.value.errno == err
+        else:
+            assert reserve.reserve_space(0, 0, 10) is outcome
 
 
 class TestPermissionDenied:

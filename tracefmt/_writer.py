@@ -45,6 +45,7 @@ from ._layout import (
     EventKind,
 )
 from ._records import RunInfo
+from ._reserve import reserve_space
 from ._summary import TensorSummary, compute_summary
 from ._tree import pack_blob
 
@@ -110,8 +111,11 @@ class TraceWriter:
         self._staged_heap: list[np.ndarray] = []
         self._staged_heap_bytes = 0
         self._staged_blobs: list[bytes] = []
+        self._staged_blob_bytes = 0  # running totals: summing the lists per add is quadratic
         self._staged_tensors: list[tuple] = []
         self._staged_batch: list[np.ndarray] = []
+        self._staged_batch_rows = 0
+        self._can_reserve = True
         self._staged_events: list[tuple] = []
         self._closed = False
         self.bytes_written = 0
@@ -168,9 +172,10 @@ class TraceWriter:
         batch_offset = batch_count = 0
         if summary is not None and len(summary.batch):
             rows = np.asarray(summary.batch[:MAX_BATCH_STATS], dtype=np.float64)
-            batch_offset = self._batch_len + sum(len(b) for b in self._staged_batch)
+            batch_offset = self._batch_len + self._staged_batch_rows
             batch_count = len(rows)
             self._staged_batch.append(rows)
+            self._staged_batch_rows += len(rows)
         pad = MAX_NDIM - len(shape)
         st = tuple(strides) if strides is not None else _c_strides(shape)
         s = summary
@@ -197,8 +202,9 @@ class TraceWriter:
         if self._closed:
             raise UsageError("the trace writer is closed", path=self.path)
         blob = pack_blob(dict(body))
-        offset = self._blob_len + sum(len(b) for b in self._staged_blobs)
+        offset = self._blob_len + self._staged_blob_bytes
         self._staged_blobs.append(blob)
+        self._staged_blob_bytes += len(blob)
         self._staged_events.append((int(kind), step, call, module, offset, len(blob), zlib.crc32(blob)))
         self.counts[EventKind(kind)] += 1
         return self._n_events + len(self._staged_events) - 1
@@ -283,11 +289,13 @@ class TraceWriter:
                 self._append(self._batch, rows, self._batch_len)
                 self._batch_len += len(rows)
                 self._staged_batch.clear()
+                self._staged_batch_rows = 0
             if events and self._staged_events:
                 blob = b"".join(self._staged_blobs)
                 self._append(self._blobs, np.frombuffer(blob, np.uint8), self._blob_len)
                 self._blob_len += len(blob)
                 self._staged_blobs.clear()
+                self._staged_blob_bytes = 0
                 rows = np.array(self._staged_events, dtype=EVENT_ROW)
                 self._append(self._events, rows, self._n_events)
                 self._n_events += len(rows)
@@ -304,19 +312,20 @@ class TraceWriter:
         makes a full disk (or a file size limit) fail here, with the file as the last flush
         left it. The slack covers one fresh chunk of every dataset plus metadata.
         """
+        if not self._can_reserve:
+            return  # a file system that cannot reserve: fall back to failing mid-write
         need = self._staged_heap_bytes + len(self._staged_tensors) * TENSOR_ROW.itemsize
-        need += sum(b.nbytes for b in self._staged_batch)
+        need += self._staged_batch_rows * len(BATCH_STAT_COLUMNS) * 8
         if events:
-            need += sum(len(b) for b in self._staged_blobs)
+            need += self._staged_blob_bytes
             need += len(self._staged_events) * EVENT_ROW.itemsize
         slack = sum(int(np.prod(ds.chunks)) * ds.dtype.itemsize
                     for ds in (self._heap, self._blobs, self._tensors, self._batch, self._events))
         try:
-            os.posix_fallocate(self._file.id.get_vfd_handle(), self._file.id.get_filesize(),
-                               need + slack + (256 << 10))
+            self._can_reserve = reserve_space(self._file.id.get_vfd_handle(),
+                                              self._file.id.get_filesize(),
+                                              need + slack + (256 << 10))
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                return  # a file system that cannot reserve: fall back to failing mid-write
             raise self._failed(exc, "write failed") from None
 
     def _release(self) -> None:
