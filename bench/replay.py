@@ -76,7 +76,7 @@ def _child_record(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _counting_reader(path: str) -> tuple[Any, dict[str, int]]:
-    """A reader whose ``read`` counts the bytes it returns (the replay's tensor traffic)."""
+    """A reader whose ``read`` and ``read_into`` count their bytes (the replay's tensor traffic)."""
     import tracefmt
 
     reader = tracefmt.open_trace(path)
@@ -89,7 +89,16 @@ def _counting_reader(path: str) -> tuple[Any, dict[str, int]]:
         counter["reads"] += 1
         return arr
 
+    inner_into = reader.read_into
+
+    def read_into(tid: int, out: Any) -> Any:
+        arr = inner_into(tid, out)
+        counter["bytes"] += int(arr.nbytes)
+        counter["reads"] += 1
+        return arr
+
     reader.read = read  # type: ignore[method-assign]
+    reader.read_into = read_into  # type: ignore[method-assign]
     return reader, counter
 
 

@@ -11,6 +11,8 @@ import tracefmt
 
 __all__ = ["dtype_name", "torch_dtype", "to_numpy", "tensor_from_trace", "rebuild_torch"]
 
+_PIN_FROM = 1 << 16  # bytes: smaller tensors are copied from pageable memory
+
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -57,22 +59,23 @@ def tensor_from_trace(
     device: torch.device | str = "cpu",
     keep_strides: bool = True,
 ) -> torch.Tensor:
-    """A recorded tensor as torch, with its recorded dtype, shape and (optionally) strides."""
+    """A recorded tensor as torch, with its recorded dtype, shape and (optionally) strides.
+
+    The stored bytes are read straight into the tensor's host memory: pinned memory when it
+    goes to a CUDA device, so the copy there is one asynchronous transfer.
+    """
     info = reader.tensor(tid)
-    raw = reader.read(tid, decode=False)
     dt = torch_dtype(info.dtype)
-    if dt == torch.bool or tracefmt.dtype_info(info.dtype).native:
-        t = torch.from_numpy(np.ascontiguousarray(raw))
-    else:
-        width = tracefmt.dtype_info(info.dtype).itemsize
-        signed = raw.view({1: np.uint8, 2: np.int16, 4: np.int32}[width])
-        t = torch.from_numpy(np.ascontiguousarray(signed)).view(dt)
-    t = t.reshape(info.shape)
+    dev = torch.device(device)
+    pin = dev.type == "cuda" and info.nbytes >= _PIN_FROM
+    host = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=pin)
+    reader.read_into(tid, host.numpy())
+    t = host.view(dt).reshape(info.shape)
     if keep_strides and info.shape and tuple(t.stride()) != info.strides and _valid_strides(info):
-        out = torch.empty_strided(info.shape, info.strides, dtype=dt, device=device)
-        out.copy_(t)
+        out = torch.empty_strided(info.shape, info.strides, dtype=dt, device=dev)
+        out.copy_(t, non_blocking=pin)
         return out
-    return t.to(device)
+    return t.to(dev, non_blocking=pin)
 
 
 def _valid_strides(info: tracefmt.TensorInfo) -> bool:

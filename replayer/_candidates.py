@@ -182,7 +182,10 @@ def build_candidate(
                 f"constructor arguments of {call.module or '<root>'} were not recorded; "
                 "use a factory candidate"
             )
-        module = candidate(*args, **kwargs)
+        # built on the device: its initial values are overwritten at once, and building on
+        # the host would copy the recorded weights there and back on every call
+        with torch.device(device):
+            module = candidate(*args, **kwargs)
         module.load_state_dict(weights, strict=True)
         module.to(device)
         module.train(call.training)

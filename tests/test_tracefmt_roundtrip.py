@@ -155,6 +155,66 @@ class TestTraceWriterAddTensor:
             write_one(tmp_path / "t.h5", np.zeros(3, np.float32), dtype="float8_e4m3fn")
 
 
+def write_many(path: Path, arrays: list[np.ndarray], **kw: Any) -> list[int]:
+    """A trace holding ``arrays`` (spanning many 1 MiB heap chunks), flushed in between."""
+    with TraceWriter(path, flush_bytes=3 << 20, **kw) as w:
+        w.write_run(RunInfo((ModuleInfo(0, "", "t.M"),), {}, {}))
+        return [w.add_tensor(a) for a in arrays]
+
+
+def many_arrays() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    sizes = [3, 700_000, 1, 262_144, 5, 1_500_000, 0, 40_000]
+    return [rng.standard_normal(n).astype(np.float32) for n in sizes] + [
+        rng.integers(0, 9, size=(3, 70_000)).astype(np.int64), np.array(True)]
+
+
+class TestTraceReaderReadInto:
+    """``read_into`` fills a caller's buffer with exactly the stored bytes, by either path."""
+
+    def test_matches_read_for_tensors_across_chunks(self, tmp_path: Path) -> None:
+        """Every tensor, small or spanning chunks at odd offsets, reads back byte for byte."""
+        arrays = many_arrays()
+        tids = write_many(tmp_path / "t.h5", arrays)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r._direct is not None, "an uncompressed heap is read straight from the file"
+            for tid, a in zip(tids, arrays, strict=True):
+                out = np.empty(a.nbytes, np.uint8)
+                got = r.read_into(tid, out)
+                assert got.shape == a.shape and np.array_equal(got, a)
+                assert np.shares_memory(got, out) or not a.size
+                np.testing.assert_array_equal(r.read(tid), a)
+
+    def test_chunks_that_are_not_plain_fall_back_to_hdf5(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A chunk HDF5 does not place plainly (every third here) is read through h5py."""
+        from tracefmt._direct import DirectHeap
+
+        arrays = many_arrays()
+        tids = write_many(tmp_path / "t.h5", arrays)
+        real = DirectHeap._offset
+        monkeypatch.setattr(DirectHeap, "_offset",
+                            lambda self, k: None if k % 3 == 2 else real(self, k))
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            for tid, a in zip(tids, arrays, strict=True):
+                np.testing.assert_array_equal(r.read(tid), a)
+
+    def test_compressed_heaps_read_through_hdf5(self, tmp_path: Path) -> None:
+        """A gzip heap has no plain byte runs: no direct reader, same values."""
+        arrays = many_arrays()
+        tids = write_many(tmp_path / "t.h5", arrays, compression="gzip")
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r._direct is None
+            for tid, a in zip(tids, arrays, strict=True):
+                np.testing.assert_array_equal(r.read_into(tid, np.empty_like(a)), a)
+
+    def test_refuses_a_buffer_of_the_wrong_size(self, tmp_path: Path) -> None:
+        """A buffer one byte short is a usage error, not a partial read."""
+        tid = write_one(tmp_path / "t.h5", np.arange(10, dtype=np.float32))
+        with tracefmt.open_trace(tmp_path / "t.h5") as r, pytest.raises(tracefmt.UsageError):
+            r.read_into(tid, np.empty(39, np.uint8))
+
+
 class TestTraceReaderNonfiniteFlags:
     def test_flags_match_each_tensors_summary(self, tmp_path: Path) -> None:
         """True exactly where the summary counts NaN or Inf; False without a summary."""

@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._direct import DirectHeap
 from ._dtypes import decode_values, dtype_info
 from ._errors import (
     IntegrityError,
@@ -228,6 +229,8 @@ class TraceReader:
         self._events_ds = f[EVENTS]  # first: data opened after the events is at least as new
         self._heap, self._blobs = f[HEAP], f[BLOBS]
         self._tensors, self._batch = f[TENSORS], f[BATCH_STATS]
+        # a live (SWMR) file's chunks may still be in flight: those go through HDF5
+        self._direct = None if self.swmr else DirectHeap.open(self._heap)
         for ds, want in ((self._heap, "u1"), (self._blobs, "u1")):
             if ds.ndim != 1 or ds.dtype != np.dtype(want):
                 raise TraceFormatError(f"/{ds.name.strip('/')} must be a 1-D uint8 dataset")
@@ -499,14 +502,45 @@ class TraceReader:
         if info.offset + stop > self._heap.shape[0]:
             raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
                                    path=self.path)
-        raw = (self._slice(self._heap, info.offset + start, info.offset + stop, f"/{HEAP}")
-               if stop > start else np.zeros(0, np.uint8))
+        raw = self._read_heap(info.offset + start, info.offset + stop)
         if verify and rows is None and zlib.crc32(raw) != info.crc32:
             raise IntegrityError(
                 f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
                 path=self.path)
         arr = raw.view(storage).reshape(shape)
         return decode_values(arr, info.dtype) if decode else arr
+
+    def read_into(self, tid: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` with a tensor's stored bytes and return it viewed with the stored dtype
+        and the recorded shape (undecoded, as ``read(decode=False)``).
+
+        ``out`` is any C-contiguous array of exactly the payload's size, such as the numpy
+        view of a pinned host buffer, so values can go to a device without another copy.
+        """
+        info = self.tensor(tid)
+        if not info.has_payload:
+            raise UsageError(f"tensor {tid} has no stored values (recorded in stats mode)", path=self.path)
+        if not out.flags.c_contiguous or out.nbytes != info.nbytes:
+            raise UsageError(f"read_into needs a C-contiguous buffer of {info.nbytes} bytes, "
+                             f"not {out.nbytes}", path=self.path)
+        if info.offset + info.nbytes > self._heap.shape[0]:
+            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
+                                   path=self.path)
+        flat = out.reshape(-1).view(np.uint8)
+        if info.nbytes and (self._direct is None
+                            or not self._direct.read_into(info.offset, flat)):
+            flat[:] = self._slice(self._heap, info.offset, info.offset + info.nbytes, f"/{HEAP}")
+        return flat.view(np.dtype(dtype_info(info.dtype).storage)).reshape(info.shape)
+
+    def _read_heap(self, start: int, stop: int) -> np.ndarray:
+        """Heap bytes ``start:stop``: straight from the file where the layout allows."""
+        if stop <= start:
+            return np.zeros(0, np.uint8)
+        if self._direct is not None:
+            raw = np.empty(stop - start, np.uint8)
+            if self._direct.read_into(start, raw):
+                return raw
+        return self._slice(self._heap, start, stop, f"/{HEAP}")
 
     def _windowed(self, ds: h5py.Dataset, start: int, stop: int, length: int,
                   what: str) -> np.ndarray:
