@@ -53,6 +53,8 @@ __all__ = ["TraceWriter", "COMPRESSIONS", "set_text_attr"]
 
 COMPRESSIONS = ("none", "gzip", "lzf")
 _JOIN_BELOW = 1 << 20
+_HEAP_CHUNK = 1 << 20
+_CHUNK_CACHE_BYTES = 768 << 10  # below _HEAP_CHUNK, above the tables' chunks (518 KB at most)
 
 
 def _producer() -> str:
@@ -84,7 +86,13 @@ class TraceWriter:
         self.path = Path(path)
         self._flush_bytes = flush_bytes
         try:
-            self._file = h5py.File(self.path, "w", libver="latest", track_order=True)
+            # a chunk cache smaller than a heap chunk: HDF5 then writes whole heap chunks
+            # straight from our arrays instead of copying them through the cache, while the
+            # tables' smaller chunks still collect their appended rows there
+            # (a compressed heap keeps HDF5's default: a chunk written in parts would be
+            # decompressed and compressed again for each part)
+            cache = {"rdcc_nbytes": _CHUNK_CACHE_BYTES} if compression == "none" else {}
+            self._file = h5py.File(self.path, "w", libver="latest", track_order=True, **cache)
         except OSError as exc:
             raise TraceWriteError(f"cannot create trace ({_reason(exc)})", path=self.path) from None
         f = self._file
@@ -99,7 +107,9 @@ class TraceWriter:
             filt = {"compression": "gzip", "compression_opts": 4}
         elif compression == "lzf":
             filt = {"compression": "lzf"}
-        self._heap = f.create_dataset(HEAP, (0,), maxshape=(None,), dtype="u1", chunks=(1 << 20,), **filt)
+        # every heap byte is written before anything refers to it: no fill value pass
+        self._heap = f.create_dataset(HEAP, (0,), maxshape=(None,), dtype="u1", chunks=(_HEAP_CHUNK,),
+                                      fill_time="never", **filt)
         self._blobs = f.create_dataset(BLOBS, (0,), maxshape=(None,), dtype="u1", chunks=(1 << 16,))
         self._tensors = f.create_dataset(TENSORS, (0,), maxshape=(None,), dtype=TENSOR_ROW, chunks=(1024,))
         ncol = len(BATCH_STAT_COLUMNS)
