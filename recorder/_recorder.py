@@ -187,8 +187,11 @@ class Recorder:
         self._writer = tracefmt.TraceWriter(self.path, compression=self.options.compression)
         self._sink = WriterThread(self._writer, budget_bytes=self.options.memory_budget,
                                   on_flush=on_flush)
+        # the pool keeps as much as may be in flight: a step's copies are reused the next
+        # step only if they fit, and with half of it every step re-allocated (page faults on
+        # the training thread) and freed (on the writer's) the part that did not
         self._capture = TensorCapture(self._sink, mode=self.options.mode,
-                                      pool_bytes=self.options.memory_budget // 2)
+                                      pool_bytes=self.options.memory_budget)
         self._handles: list[Any] = []
         self._stack: list[_Frame | None] = []
         self.step_index = 0

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=int, default=1, metavar="N", help="record every N-th step")
     p.add_argument("--max-calls", type=int, default=None, metavar="N", help="record at most N calls per module")
     p.add_argument("--byte-budget", type=parse_bytes, default=None, metavar="SIZE", help="stop recording once SIZE of tensor data was captured")
-    p.add_argument("--memory-budget", type=parse_bytes, default=1 << 30, metavar="SIZE", help="host memory for copies waiting to be summarised and written (default 1G); half as much again is kept for reuse")
+    p.add_argument("--memory-budget", type=parse_bytes, default=1 << 30, metavar="SIZE", help="host memory for copies waiting to be summarised and written (default 1G); as much again is kept for reuse")
     p.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none", help="HDF5 compression of tensor data (default none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_run)
