@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU, at most about 8 minutes: the CUDA tests, the per-tensor
+# One prepared run for a lent GPU, at most about 8 minutes (3.5 on an H200): the CUDA tests, the per-tensor
 # cost of a device summary, then the GPU benchmarks (record: plain, full capture, stats mode
 # against its 1.10x target, raw write; replay on the device). Works from a plain checkout on a
 # machine with CUDA torch, h5py, msgpack and triton: the checkout goes on PYTHONPATH, nothing
