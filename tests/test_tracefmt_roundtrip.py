@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,39 @@ class TestTraceReaderReadInto:
         tid = write_one(tmp_path / "t.h5", np.arange(10, dtype=np.float32))
         with tracefmt.open_trace(tmp_path / "t.h5") as r, pytest.raises(tracefmt.UsageError):
             r.read_into(tid, np.empty(39, np.uint8))
+
+
+class TestTraceWriterPageCache:
+    """A recording does not keep its gigabytes in the page cache."""
+
+    @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+    def test_every_heap_chunk_is_advised_away(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each heap write advises DONTNEED from where the write before last ended; together
+        the ranges cover every heap chunk in the file."""
+        from tracefmt._direct import DirectHeap
+
+        calls: list[tuple[int, int, int]] = []
+        real = os.posix_fadvise
+
+        def spy(fd: int, offset: int, length: int, advice: int) -> None:
+            calls.append((offset, offset + length, advice))
+            real(fd, offset, length, advice)
+
+        monkeypatch.setattr(os, "posix_fadvise", spy)
+        arrays = many_arrays()
+        write_many(tmp_path / "t.h5", arrays)
+        assert len(calls) >= 3 and {a for _, _, a in calls} == {os.POSIX_FADV_DONTNEED}
+        assert calls[0][0] == 0
+        assert all(calls[k][0] == calls[k - 2][1] for k in range(2, len(calls)))
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            heap = DirectHeap.open(r._heap)
+            assert heap is not None
+            n_chunks = -(-r.bytes_stored // (1 << 20))
+            for k in range(n_chunks):
+                at = heap._offset(k)
+                assert at is not None
+                assert any(lo <= at and at + (1 << 20) <= hi for lo, hi, _ in calls), k
 
 
 class TestTraceReaderNonfiniteFlags:

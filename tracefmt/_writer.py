@@ -126,6 +126,7 @@ class TraceWriter:
         self._staged_batch: list[np.ndarray] = []
         self._staged_batch_rows = 0
         self._can_reserve = True
+        self._shed_from = self._shed_mark = 0  # file offsets: see _shed_page_cache
         self._staged_events: list[tuple] = []
         self._closed = False
         self.bytes_written = 0
@@ -288,7 +289,8 @@ class TraceWriter:
     def _write_staged(self, *, events: bool) -> None:
         self._reserve(events=events)
         try:
-            self._write_heap()
+            if self._write_heap():
+                self._shed_page_cache()
             if self._staged_tensors:
                 rows = np.array(self._staged_tensors, dtype=TENSOR_ROW)
                 self._append(self._tensors, rows, self._n_tensors)
@@ -364,9 +366,29 @@ class TraceWriter:
         return TraceWriteError(f"{what} ({_reason(exc)}); data flushed before is kept",
                                path=self.path)
 
-    def _write_heap(self) -> None:
-        if not self._staged_heap:
+    def _shed_page_cache(self) -> None:
+        """Start writing back what the last heap write added, and drop from the page cache
+        what the write before it added (written back by now).
+
+        A recording writes gigabytes that nothing reads soon. Left in the page cache they
+        evict the user's data, and the kernel's reclaim and dirty-page throttling were
+        charged to every thread: on the 2-core bench machine the training thread's system
+        time went from 0.6-0.8 s to 0.17 s a step. Pages still dirty or in flight are skipped
+        by the kernel and dropped at a later call.
+        """
+        if not hasattr(os, "posix_fadvise"):
             return
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            fd = self._file.id.get_vfd_handle()
+            end = self._file.id.get_filesize()
+            os.posix_fadvise(fd, self._shed_from, max(end - self._shed_from, 0),
+                             os.POSIX_FADV_DONTNEED)
+            self._shed_from, self._shed_mark = self._shed_mark, end
+
+    def _write_heap(self) -> bool:
+        """Write the staged payloads; False when there were none."""
+        if not self._staged_heap:
+            return False
         start = self._heap_len
         self._heap.resize((start + self._staged_heap_bytes,))
         pos = start
@@ -390,6 +412,7 @@ class TraceWriter:
         self._heap_len = pos
         self._staged_heap.clear()
         self._staged_heap_bytes = 0
+        return True
 
     @staticmethod
     def _append(ds: h5py.Dataset, rows: np.ndarray, start: int) -> None:
