@@ -50,6 +50,19 @@ def run_child(script: Path, spec: dict[str, Any], *, timeout: float,
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
+def child_or_run(args: Any, child_main: Callable[[dict[str, Any]], None],
+                 run: Callable[[Any], dict[str, Any]]) -> int:
+    """A benchmark script's entry: one variant when spawned with ``--child SPEC``, else the
+    whole run in the parent, its results also written to ``--json`` when given."""
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    res = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
 def report(result: dict[str, Any]) -> None:
     """Child side: hand the result to the parent (the last RESULT line wins)."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -508,14 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per variant (default 1800)")
     p.add_argument("--python", default=None, help="interpreter for the children (default: this one)")
     p.add_argument("--json", default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
-        return 0
-    res = run(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
+    return common.child_or_run(p.parse_args(argv), child_main, run)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ per call is what the replay engine adds beyond the candidate's own compute.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -269,14 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--python", default=None)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
-        return 0
-    res = run(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
+    return common.child_or_run(p.parse_args(argv), child_main, run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import json
 import sys
 import tempfile
 import time
@@ -289,14 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--python", default=None)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
-        return 0
-    res = run(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
+    return common.child_or_run(p.parse_args(argv), child_main, run)
 
 
 if __name__ == "__main__":
