@@ -4,8 +4,8 @@
 
 A diagnosis aid next to record.py's ratios, not a benchmark: after warm-up steps it
 (1) on CUDA, runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and lists every
-place that made the host wait for the GPU, (2) profiles one step with cProfile (training
-thread only), (3) times a few steps and reads each thread's CPU seconds from /proc, so the
+place that made the host wait for the GPU, (2) profiles one step with cProfile (the training
+thread; every thread from Python 3.12, whose cProfile uses sys.monitoring), (3) times a few steps and reads each thread's CPU seconds from /proc, so the
 summary and writer threads' share shows, and (4) times the same step with bare module hooks
 (a pre-hook, a hook and a gradient hook per call, doing nothing): the floor of any recorder
 that hooks every module.
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in sorted(after)))
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.top)
-    print("\ncProfile of one recorded step (training thread), by own time:")
+    print("\ncProfile of one recorded step, by own time (the training thread; from Python 3.12 "
+          "cProfile sees every thread):")
     lines = buf.getvalue().splitlines()
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
     print("\n".join(line for line in lines[start:] if line.strip()))

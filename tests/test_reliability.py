@@ -460,7 +460,7 @@ class TestDiskFull:
 class TestReserveSpace:
     """The writer claims disk space before HDF5 records it, and never writes zeros to do so."""
 
-    def test_grows_the_file_without_writing(self, tmp_path: Path) -> None:
+    def test_grows_the_file(self, tmp_path: Path) -> None:
         """Where the file system reserves, the file grows to offset + length and reads as zeros."""
         from tracefmt._reserve import reserve_space
 
