@@ -10,8 +10,9 @@ is three launches per tensor. The accumulators stay on the device in one float64
 the step's single transfer; ``unpack_raw`` finishes the summary on the host.
 
 Float32, float16 and bfloat16 only (compared and binned in float32 and float64, summed per
-tile in float32 and across tiles in float64, as the spec allows); other dtypes and empty
-tensors take the torch path.
+tile in float32 and across tiles in float64, as the spec allows; squares are summed scaled by
+the tile's largest magnitude, so values past float32's square root do not overflow); other
+dtypes and empty tensors take the torch path.
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ def _rows_kernel(x_ptr, buf_ptr, n_rows, row_len, col_blocks, n_slots,
     tl.atomic_min(slot + 0, rmin.to(tl.float64), mask=rmask)
     tl.atomic_max(slot + 1, rmax.to(tl.float64), mask=rmask)
     tl.atomic_add(slot + 2, tl.sum(xz, axis=1).to(tl.float64), mask=rmask)
-    tl.atomic_add(slot + 3, tl.sum(xz * xz, axis=1).to(tl.float64), mask=rmask)
+    # squares of values past ~1e19 overflow float32: square x / (the row's max |x|) and scale
+    # the sum back in float64
+    ra = tl.maximum(tl.abs(rmin), tl.abs(rmax))
+    ra = tl.where((ra > 0) & (ra != float("inf")), ra, 1.0)
+    xs = xz / ra[:, None]
+    ra64 = ra.to(tl.float64)
+    tl.atomic_add(slot + 3, tl.sum(xs * xs, axis=1).to(tl.float64) * ra64 * ra64, mask=rmask)
     tl.atomic_add(slot + 4, tl.sum((m & (x == 0.0)).to(tl.float32), axis=1).to(tl.float64),
                   mask=rmask)
     tl.atomic_add(slot + 5, tl.sum(nan.to(tl.float32), axis=1).to(tl.float64), mask=rmask)
@@ -74,10 +81,14 @@ def _rows_kernel(x_ptr, buf_ptr, n_rows, row_len, col_blocks, n_slots,
     k = tl.load(x_ptr).to(tl.float32)
     k = tl.where((k == k) & (k != float("inf")) & (k != float("-inf")), k, 0.0)
     d = tl.where(valid, x - k, 0.0)
+    da = tl.max(tl.max(tl.abs(d), axis=1), axis=0)
+    da = tl.where(da > 0, da, 1.0)
+    ds = d / da
+    da64 = da.to(tl.float64)
     tl.atomic_min(buf_ptr + 0, tl.min(rmin, axis=0).to(tl.float64))
     tl.atomic_max(buf_ptr + 1, tl.max(rmax, axis=0).to(tl.float64))
     tl.atomic_add(buf_ptr + 2, tl.sum(tl.sum(d, axis=1), axis=0).to(tl.float64))
-    tl.atomic_add(buf_ptr + 3, tl.sum(tl.sum(d * d, axis=1), axis=0).to(tl.float64))
+    tl.atomic_add(buf_ptr + 3, tl.sum(tl.sum(ds * ds, axis=1), axis=0).to(tl.float64) * da64 * da64)
     tl.atomic_max(buf_ptr + 4, k.to(tl.float64), mask=pid == 0)
 
 

@@ -112,6 +112,8 @@ def _finite_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         return None
     rsum = rows.sum(dim=1).to(f64)
     rl2 = torch.linalg.vector_norm(rows, dim=1).to(f64)
+    if not bool(torch.isfinite(rl2).all()):  # squares beyond float32's range (|x| > ~1e19)
+        rl2 = torch.linalg.vector_norm(rows.to(f64), dim=1)
     # a bool sum in int32 is 3x faster than in int64 and 5x faster than the ord-0 norm
     rnz = rows.bool().sum(dim=1, dtype=torch.int32 if rows.shape[1] < 2**31 else torch.int64)
     mean = float(rsum.sum()) / n

@@ -26,4 +26,5 @@ def summary_cases() -> dict[str, torch.Tensor]:
         "rows-past-4096": torch.randn(4100, 3, generator=g),
         "long-rows": torch.randn(2, 9000, generator=g),
         "all-nan-row": torch.tensor([[float("nan"), float("nan")], [1.0, 2.0]]),
+        "squares-past-float32": torch.randn(3, 400, generator=g) * 1e25,
     }
