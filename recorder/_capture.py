@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._derive import Derivation, SharedSnapshot
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
 from ._summary import device_summary, summary_vector, unpack_summary
@@ -38,6 +39,7 @@ class TensorCapture:
         self._pending_stats: list[tuple[torch.Tensor, list[Any]]] = []
         self._stats_ready = threading.Event()
         self._alive: list[torch.Tensor] = []
+        self._shared: dict[int, SharedSnapshot] = {}  # this step's full-mode snapshots by id
         self.captured = 0
         self.deduplicated = 0
         self.bytes_referenced = 0
@@ -50,9 +52,16 @@ class TensorCapture:
         """
         self._seen = {k: v for k, v in self._seen.items() if k[-1] and v[0]() is not None}
         self._alive.clear()
+        self._shared.clear()
 
-    def capture(self, t: torch.Tensor, *, persistent: bool = False) -> int:
-        """Record ``t`` (or find it already recorded) and return its tensor id."""
+    def capture(self, t: torch.Tensor, *, persistent: bool = False,
+                dropout_of: tuple[int, float] | None = None) -> int:
+        """Record ``t`` (or find it already recorded) and return its tensor id.
+
+        ``dropout_of=(base id, p)`` says ``t`` may be the recorded tensor ``base id`` through
+        a dropout of probability ``p``: it is then stored as a mask against it when that
+        reproduces it exactly (``_derive``).
+        """
         original = t
         t = t.detach() if t.requires_grad else t
         nbytes = t.numel() * t.element_size()
@@ -75,23 +84,44 @@ class TensorCapture:
             if self.mode == "stats":
                 self._queue_stats(t, tid)
             else:
-                self._queue_cuda(t, tid, nbytes)
+                self._queue_cuda(t, tid, nbytes, dropout_of)
         elif t.device.type == "cpu" and not (self.mode == "stats" and self._pending_stats):
-            self._queue_cpu(t, tid, nbytes)
+            self._queue_cpu(t, tid, nbytes, dropout_of)
         elif self.mode == "stats":
             self._queue_stats(t, tid)
         else:
             self._queue_other(t, tid, nbytes)
         return tid
 
-    def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+    def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int,
+                   dropout_of: tuple[int, float] | None = None) -> None:
         """Copy into a pooled buffer now; the summary thread summarises it, the writer stores it."""
         snap, buf = self._pool.snapshot(t)
-        full = self.mode == "full"
-        self.sink.put_tensor(self._item(
-            t, tid, nbytes, data=(lambda s=snap: to_numpy(s)) if full else (lambda: None),
-            summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
-            done=lambda b=buf: self._pool.give(b)))
+        if self.mode != "full":
+            self.sink.put_tensor(self._item(
+                t, tid, nbytes, data=lambda: None,
+                summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
+                done=lambda b=buf: self._pool.give(b)))
+            return
+        shared = SharedSnapshot(snap, free=lambda b=buf: self._pool.give(b))
+        item = self._item(t, tid, nbytes, data=lambda s=snap: to_numpy(s),
+                          summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
+                          done=shared.release)
+        self._share(tid, shared, item, dropout_of)
+        self.sink.put_tensor(item)
+
+    def _share(self, tid: int, shared: SharedSnapshot, item: TensorItem,
+               dropout_of: tuple[int, float] | None) -> None:
+        """Offer this step's snapshot to later tensors; take the base's if this one may be
+        derived from it."""
+        self._shared[tid] = shared
+        if dropout_of is None:
+            return
+        base_id, p = dropout_of
+        base = self._shared.get(base_id)
+        base_snap = base.acquire() if base is not None else None
+        if base is not None and base_snap is not None:
+            item.derivation = Derivation(base, base_id, base_snap, p)
 
     def _queue_other(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
         """Another device (MPS, XPU): summarise on it, copy to the host now."""
@@ -106,7 +136,8 @@ class TensorCapture:
                           strides=tuple(t.stride()), requires_grad=t.requires_grad,
                           nbytes=nbytes, **kw)
 
-    def _queue_cuda(self, t: torch.Tensor, tid: int, nbytes: int) -> None:
+    def _queue_cuda(self, t: torch.Tensor, tid: int, nbytes: int,
+                    dropout_of: tuple[int, float] | None = None) -> None:
         """Snapshot on the compute stream, summarise on the device, copy to pinned host
         memory on a side stream: the host thread then only checksums and writes."""
         snap = t.clone(memory_format=torch.contiguous_format)
@@ -125,9 +156,12 @@ class TensorCapture:
             done = torch.cuda.Event()
             done.record(stream)
         del snap, vec
-        self.sink.put_tensor(self._item(
-            t, tid, nbytes, data=lambda h=host: to_numpy(h),
-            summary=lambda v=host_vec: unpack(v.numpy()), ready=done.synchronize))
+        shared = SharedSnapshot(host)  # the summary thread reads a base after its ``ready``
+        item = self._item(t, tid, nbytes, data=lambda h=host: to_numpy(h),
+                          summary=lambda v=host_vec: unpack(v.numpy()), ready=done.synchronize,
+                          done=shared.release)
+        self._share(tid, shared, item, dropout_of)
+        self.sink.put_tensor(item)
 
     def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
         """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``.

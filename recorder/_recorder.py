@@ -27,6 +27,7 @@ from tracefmt import EventKind
 
 from ._capture import TensorCapture
 from ._ctor import derive_constructor_args
+from ._derive import dropout_p
 from ._sink import WriterThread
 from ._state import autocast_state, environment
 from ._torchio import dtype_name, supported
@@ -90,6 +91,7 @@ class _Frame:
     aliases: list[_Alias] = field(default_factory=list)
     out_template: Any = None
     done: bool = False
+    dropout_p: float | None = None  # a dropout in training: outputs may be stored as masks
 
 
 class _GradCollector:
@@ -159,6 +161,15 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
         return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items()) if type(obj) is dict \
             else {k: _map_tensors(v, fn) for k, v in obj.items()}
     return obj
+
+
+def _only_tensor_id(node: Any) -> int | None:
+    """The tensor id of a described tree that is one tensor, or a tuple of exactly one."""
+    if isinstance(node, dict) and node.get("$") == "tuple" and len(node.get("items", ())) == 1:
+        node = node["items"][0]
+    if isinstance(node, dict) and node.get("$") == "tensor":
+        return int(node["id"])
+    return None
 
 
 def _flat_tensors(obj: Any) -> list[torch.Tensor]:
@@ -409,7 +420,14 @@ class Recorder:
         if frame is None or frame.module is not module or self._sink.raised:
             return
         body = frame.body
-        body["outputs"] = tracefmt.describe(output, self._leaf)
+        frame.dropout_p = dropout_p(module) if isinstance(output, torch.Tensor) else None
+        base = _only_tensor_id(body["args"]) if frame.dropout_p is not None else None
+        if base is not None and supported(output):
+            body["outputs"] = {"$": "tensor", "id": self._capture.capture(
+                output, dropout_of=(base, frame.dropout_p))}
+        else:
+            frame.dropout_p = None
+            body["outputs"] = tracefmt.describe(output, self._leaf)
         if tracefmt.has_opaque(body["outputs"]):
             body["notes"].append("an output has no recordable form (opaque)")
         modified = [a for a in frame.aliases if a.view._version != a.version]
@@ -499,10 +517,18 @@ class Recorder:
         grad_outputs = _map_tensors(frame.out_template, out_leaf)
         grad_args = _map_tensors(tuple(frame.args_template), in_leaf)
         grad_kwargs = _map_tensors(dict(frame.kwargs_template), in_leaf)
+        out_node = tracefmt.describe(grad_outputs, self._leaf)
+        leaf = self._leaf
+        base = _only_tensor_id(out_node) if frame.dropout_p is not None else None
+        if base is not None:  # a dropout's input gradient: its output gradient through the mask
+            def leaf(obj: Any, base: int = base, p: float = frame.dropout_p) -> Any:
+                if isinstance(obj, torch.Tensor) and supported(obj):
+                    return {"$": "tensor", "id": self._capture.capture(obj, dropout_of=(base, p))}
+                return self._leaf(obj)
         body = {
             "call": frame.call, "order": self._bwd_order,
-            "grad_outputs": tracefmt.describe(grad_outputs, self._leaf),
-            "grad_args": tracefmt.describe(grad_args, self._leaf),
+            "grad_outputs": out_node,
+            "grad_args": tracefmt.describe(grad_args, leaf),
             "grad_kwargs": tracefmt.describe(grad_kwargs, self._leaf),
         }
         self._bwd_order += 1
@@ -546,7 +572,7 @@ class Recorder:
     @property
     def stats(self) -> dict[str, int]:
         return {"calls": self.calls, "tensors": self._capture.captured,
-                "deduplicated": self._capture.deduplicated,
+                "deduplicated": self._capture.deduplicated, "encoded": self._sink.encoded,
                 "bytes_referenced": self._capture.bytes_referenced,
                 "bytes_written": self.bytes_written}
 

@@ -31,6 +31,8 @@ import numpy as np
 import tracefmt
 from tracefmt import EventKind
 
+from ._derive import Derivation, encode_payload
+
 __all__ = ["WriterThread", "TensorItem"]
 
 
@@ -50,8 +52,10 @@ class TensorItem:
     done: Callable[[], None] | None = None  # called once the writer no longer reads ``data``
     computed: tracefmt.TensorSummary | None = None  # set by the summary thread
     array: np.ndarray | None = None  # ``data()``, set by the summary thread
-    crc32: int | None = None  # of ``array``'s bytes, set by the summary thread
+    crc32: int | None = None  # of the stored bytes, set by the summary thread
     failed: BaseException | None = None  # raised by the summary thread, reported by the writer
+    derivation: Derivation | None = None  # the tensor it may be encoded against
+    encoded: np.ndarray | None = None  # the encoded payload to store, set by the summary thread
 
 
 _STOP = object()
@@ -74,6 +78,7 @@ class WriterThread:
         self.error: BaseException | None = None
         self.raised = False
         self.flushed_calls = 0
+        self.encoded = 0  # tensors stored as encoded payloads
         self._next_tid = 0
         self._summary_thread = threading.Thread(target=self._summarise, name="tensortrace-summary",
                                                 daemon=True)
@@ -145,21 +150,32 @@ class WriterThread:
             item = self._queue.get()
             if isinstance(item, TensorItem) and self.error is None:
                 try:
-                    if item.ready is not None:
-                        item.ready()
-                        item.ready = None
-                    if item.summary is not None:
-                        item.computed = item.summary()
-                    item.array = item.data()
-                    if item.array is not None:
-                        stored = tracefmt.encode_values(item.array, item.dtype)
-                        raw = stored.reshape(-1).view(np.uint8)
-                        item.crc32 = zlib.crc32(raw)
+                    self._prepare(item)
                 except BaseException as exc:  # noqa: BLE001 - reported by the writer stage
                     item.failed = exc
+            if isinstance(item, TensorItem) and item.derivation is not None:
+                item.derivation.base.release()  # not encoded against it after all
+                item.derivation = None
             self._summarised.put(item)
             if item is _STOP:
                 return
+
+    @staticmethod
+    def _prepare(item: TensorItem) -> None:
+        """Wait for the copy, summarise, choose how to store, checksum what is stored."""
+        if item.ready is not None:
+            item.ready()
+            item.ready = None
+        if item.summary is not None:
+            item.computed = item.summary()
+        item.array = item.data()
+        if item.array is None:
+            return
+        stored = tracefmt.encode_values(item.array, item.dtype)
+        derivation, item.derivation = item.derivation, None
+        item.encoded = encode_payload(stored, item.dtype, item.computed, derivation)
+        raw = stored.reshape(-1).view(np.uint8) if item.encoded is None else item.encoded
+        item.crc32 = zlib.crc32(raw)
 
     def _run(self) -> None:
         w = self._writer
@@ -217,12 +233,15 @@ class WriterThread:
             tid = self._writer.add_tensor(
                 data, dtype=item.dtype, shape=item.shape, strides=item.strides,
                 summary=summary, requires_grad=item.requires_grad, crc32=item.crc32,
+                encoded=item.encoded,
             )
+            if item.encoded is not None:
+                self.encoded += 1
             if tid != item.tid:
                 raise RuntimeError(f"tensor id drift: expected {item.tid}, writer gave {tid}")
             if item.done is not None:
                 # the writer keeps staged arrays by reference until it writes them
-                if data is None:
+                if data is None or item.encoded is not None:
                     item.done()
                 else:
                     self._held.append(item.done)

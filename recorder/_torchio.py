@@ -67,8 +67,8 @@ def tensor_from_trace(
     info = reader.tensor(tid)
     dt = torch_dtype(info.dtype)
     dev = torch.device(device)
-    pin = dev.type == "cuda" and info.nbytes >= _PIN_FROM
-    host = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=pin)
+    pin = dev.type == "cuda" and info.value_nbytes >= _PIN_FROM
+    host = torch.empty(info.value_nbytes, dtype=torch.uint8, pin_memory=pin)
     reader.read_into(tid, host.numpy())
     t = host.view(dt).reshape(info.shape)
     if keep_strides and info.shape and tuple(t.stride()) != info.strides and _valid_strides(info):

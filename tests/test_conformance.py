@@ -56,9 +56,10 @@ class RawTrace:
     def of_kind(self, kind: int) -> list[tuple[np.void, dict]]:
         return [(self.events[i], self.body(i)) for i in np.flatnonzero(self.events["kind"] == kind)]
 
-    def payload(self, tid: int) -> bytes:
+    def payload(self, tid: int, *, flag: int = 1) -> bytes:
+        """The stored bytes of a tensor with ``flag`` set (1 plain, 8 or 16 encoded)."""
         r = self.rows[tid]
-        assert int(r["flags"]) & 1
+        assert int(r["flags"]) & (1 | 8 | 16) == flag
         data = self.heap[int(r["offset"]):int(r["offset"]) + int(r["nbytes"])]
         assert zlib.crc32(data) == int(r["crc32"])
         return data
@@ -133,16 +134,43 @@ class TestRawRead:
 
     @pytest.mark.parametrize("name", VALID)
     def test_identification_and_event_order(self, name: str, raw_trace: Any) -> None:
-        """Root attributes identify format 1.0; RUN is first, END last with the right counts."""
+        """Root attributes identify format 1.0 (1.1 with encodings); RUN first, END last."""
         t = raw_trace(name)
         assert t.attr("format") == "tensortrace-trace"
-        assert (t.attr("format_major"), t.attr("format_minor")) == (1, 0)
+        minor = 1 if name == "encoded.h5" else 0
+        assert (t.attr("format_major"), t.attr("format_minor")) == (1, minor)
         assert t.attr("producer") and t.attr("compression") == "none"
         assert t.attr("created").endswith("+00:00")
         kinds = t.events["kind"].tolist()
         assert kinds[0] == 1 and kinds[-1] == 6 and kinds.count(1) == 1 and kinds.count(6) == 1
         end = t.body(len(kinds) - 1)
         assert end == {"events": len(kinds), "calls": kinds.count(3), "steps": kinds.count(2)}
+
+    def test_encoded_payloads_decode_by_the_spec(self, raw_trace: Any) -> None:
+        """encoded.h5: section 4.1's masked-scale and zero-rows payloads, decoded with numpy
+        alone, give the generator's arrays bit for bit."""
+        gen = generator()
+        t = raw_trace("encoded.h5")
+        [(_, call)] = t.of_kind(3)
+        names = leaves(call["args"], "args") | leaves(call["outputs"], "outputs") \
+            | leaves(call["kwargs"], "kwargs")
+        base = t.array(names["args.0"], "<f4")
+        enc = np.frombuffer(t.payload(names["outputs"], flag=8), np.uint8)
+        assert enc[:8].view("<u4").tolist() == [1, 0]
+        assert int(enc[8:16].view("<u8")[0]) == names["args.0"]
+        scale = float(enc[16:24].view("<f8")[0])
+        bits = np.unpackbits(enc[24:], count=base.size, bitorder="little").reshape(base.shape)
+        product = base.astype(np.float64) * np.where(bits == 1, scale, 0.0)  # exact in float64
+        got = product.astype(np.float32)  # one rounding; -x * 0 stays -0.0
+        assert got.view("<u4").tolist() == gen.ENCODED_Y.view("<u4").tolist()
+        table = np.frombuffer(t.payload(names["kwargs.table"], flag=16), np.uint8)
+        assert table[:8].view("<u4").tolist() == [2, 0]
+        rows = t.shape(names["kwargs.table"])[0]
+        present = np.unpackbits(table[8:], count=rows, bitorder="little").astype(bool)
+        start = 8 + ((rows + 7) // 8 + 7) // 8 * 8  # header, bitmap padded to 8 bytes
+        decoded = np.zeros(t.shape(names["kwargs.table"]), "<f4")
+        decoded[present] = np.frombuffer(table[start:], "<f4").reshape(-1, 3)
+        assert decoded.view("<u4").tolist() == gen.ENCODED_TABLE.view("<u4").tolist()
 
     def test_minimal_call_contents(self, raw_trace: Any) -> None:
         """minimal.h5: the call's input, output and weights are the generator's arrays."""

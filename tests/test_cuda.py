@@ -48,6 +48,26 @@ class TestRecordOnCuda:
                         if fin.size:
                             assert fin.max() == pytest.approx(info.summary.max, rel=1e-6, abs=1e-12)
 
+    def test_fused_dropout_is_stored_as_masks(self, tmp_path: Path) -> None:
+        """CUDA's fused dropout kernel: output and input gradient are masked-scale payloads
+        that decode to the device's values bit for bit."""
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 256), torch.nn.Dropout(0.1),
+                                    torch.nn.Linear(256, 4)).cuda().train()
+        seen: list[torch.Tensor] = []
+        model[1].register_forward_hook(lambda m, a, o: seen.append(o.detach().cpu()))
+        model[1].register_full_backward_hook(lambda m, gi, go: seen.append(gi[0].detach().cpu()))
+        x = torch.randn(64, 8, device="cuda")
+        with recorder.record(model, tmp_path / "t.h5") as rec:
+            rec.backward(model(x).square().sum())
+            rec.step()
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            call = next(c for c in r.calls() if c.module == "1")
+            out, grad_in = call.tensors()["outputs"], call.grad_tensors()["args.0"]
+            assert r.tensor(out).encoding == r.tensor(grad_in).encoding == "masked-scale"
+            for tid, want in ((out, seen[0]), (grad_in, seen[1])):
+                assert r.read(tid).tobytes() == want.numpy().tobytes()
+
     def test_environment_names_the_gpu(self, cuda_trace: Path) -> None:
         """The run event names the CUDA device and the CUDA RNG state is recorded per call."""
         with tracefmt.open_trace(cuda_trace) as r:

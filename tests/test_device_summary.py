@@ -113,7 +113,7 @@ class TestStatsRecordingThroughTheKernels:
 
         monkeypatch.setattr(capture_module, "device_summary", kernels_or_torch)
         monkeypatch.setattr(capture_module.TensorCapture, "_queue_cpu",
-                            lambda self, t, tid, nbytes: self._queue_stats(t, tid))
+                            lambda self, t, tid, nbytes, dropout_of=None: self._queue_stats(t, tid))
         path = tmp_path / "stats.h5"
         recorder.record_recipe(str(EXAMPLE), path, steps=EXAMPLE_STEPS, seed=EXAMPLE_SEED,
                                options=recorder.RecordOptions(mode="stats"))

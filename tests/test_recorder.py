@@ -1150,6 +1150,87 @@ class TestDedup:
         assert r.bytes_stored < 0.75 * naive
 
 
+class TestEncodedPayloads:
+    """Dropout masks and zero rows are stored encoded, and read back bit for bit."""
+
+    @staticmethod
+    def _dropout_model() -> tuple[nn.Module, dict[str, list[torch.Tensor]]]:
+        """Linear -> Dropout -> Linear, with what the dropout really produced kept aside."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.3), nn.Linear(64, 4)).train()
+        seen: dict[str, list[torch.Tensor]] = {"out": [], "grad_in": []}
+
+        def keep(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            seen["out"].append(out.detach().clone())
+
+        def keep_grad(mod: nn.Module, grad_in: tuple, grad_out: tuple) -> None:
+            seen["grad_in"].append(grad_in[0].detach().clone())
+
+        model[1].register_forward_hook(keep)
+        model[1].register_full_backward_hook(keep_grad)
+        return model, seen
+
+    def test_dropout_output_and_input_grad_are_masks(self, tmp_path: Path) -> None:
+        """Both are masked-scale payloads against the input and the output gradient, and
+        decode to exactly what the dropout produced."""
+        model, seen = self._dropout_model()
+        x = torch.randn(16, 8, requires_grad=True)
+        record_model(tmp_path / "t.h5", model, lambda m, s: m(x).square().sum(), steps=2)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            for step in (0, 1):
+                call = only_call(r, "1", step=step)
+                out, base = call.tensors()["outputs"], call.tensors()["args.0"]
+                grads = call.grad_tensors()
+                assert r.tensor(out).encoding == "masked-scale"
+                assert r.tensor(grads["args.0"]).encoding == "masked-scale"
+                assert r.tensor(out).nbytes < r.tensor(base).nbytes / 16
+                assert same_bits(tensor(r, out), seen["out"][step])
+                assert same_bits(tensor(r, grads["args.0"]), seen["grad_in"][step])
+            assert tracefmt.validate_trace(tmp_path / "t.h5", deep=True).status == "valid"
+
+    def test_eval_mode_dropout_is_the_input(self, tmp_path: Path) -> None:
+        """In eval mode a dropout returns its input: one tensor id, nothing encoded."""
+        model, _ = self._dropout_model()
+        model.eval()
+        with torch.no_grad(), recorder.record(model, tmp_path / "t.h5") as rec:
+            model(torch.randn(4, 8))
+            rec.step()
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            call = only_call(r, "1").tensors()
+            assert call["outputs"] == call["args.0"] and r.tensor(call["outputs"]).encoding is None
+
+    def test_a_dropout_computed_another_way_is_stored_as_is(self, tmp_path: Path) -> None:
+        """A Dropout subclass that scales by 1.3 instead of 1/(1-p): no mask reproduces it,
+        so its values are stored plainly and exactly."""
+
+        class OddDropout(nn.Dropout):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x * (torch.rand_like(x) > self.p) * 1.3
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), OddDropout(0.3), nn.Linear(64, 4)).train()
+        seen: list[torch.Tensor] = []
+        model[1].register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+        x = torch.randn(16, 8)
+        record_model(tmp_path / "t.h5", model, lambda m, s: m(x).sum())
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            out = only_call(r, "1").tensors()["outputs"]
+            assert r.tensor(out).encoding is None
+            assert same_bits(tensor(r, out), seen[0])
+
+    def test_embedding_grad_keeps_only_used_rows(self, tmp_path: Path) -> None:
+        """An embedding's weight gradient is zero outside the batch's tokens: zero-rows."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Embedding(200, 16), nn.Linear(16, 2))
+        tokens = torch.tensor([[3, 17, 17, 150]])
+        record_model(tmp_path / "t.h5", model, lambda m, s: m(tokens).sum())
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            tid = r.param_grads(0).grads["0.weight"]
+            info = r.tensor(tid)
+            assert info.encoding == "zero-rows" and info.nbytes < info.value_nbytes / 20
+            assert same_bits(tensor(r, tid), model[0].weight.grad)
+
+
 # -- 11. command line ------------------------------------------------------------------------
 
 

@@ -234,6 +234,18 @@ class TestRepairTrace:
                     assert np.array_equal(b.read(new.tensors()[name]), a.read(tid))
         assert tracefmt.validate_trace(tmp_path / "out.h5", deep=True).status == "valid"
 
+    def test_encoded_payloads_are_stored_decoded(self, tmp_path: Path) -> None:
+        """Encoded tensors (format 1.1) are copied as their values: a renumbered base can
+        never be pointed at wrongly, and every name still reads the same bits."""
+        src = copy_conformance("encoded.h5", tmp_path)
+        report = tracefmt.repair_trace(src, output=tmp_path / "out.h5")
+        assert not report.dropped
+        with tracefmt.open_trace(src) as a, tracefmt.open_trace(tmp_path / "out.h5") as b:
+            old, new = a.call(0), b.call(0)
+            for name, tid in old.tensors().items():
+                assert b.tensor(new.tensors()[name]).encoding is None
+                assert b.read(new.tensors()[name]).tobytes() == a.read(tid).tobytes()
+
     def test_refuses_to_replace_its_input(self, tmp_path: Path) -> None:
         """-o naming the input itself is a usage error and leaves the input alone."""
         src = copy_conformance("killed.h5", tmp_path)

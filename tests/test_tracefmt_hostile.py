@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -333,6 +334,104 @@ class TestTraceReaderTensors:
             r.read(X_TENSOR)
             with pytest.raises(IntegrityError, match=r"tensor 2: checksum mismatch in /heap\[32:44\]"):
                 r.read(X_TENSOR, verify=True)
+
+
+ENC_BASE, ENC_MASKED, ENC_ROWS = 0, 1, 2  # encoded.h5: x, dropout(x), a zero-rows table
+
+
+def _patch_payload(path: Path, tid: int, at: int, raw: bytes) -> Path:
+    """Overwrite bytes of a tensor's stored payload and its CRC-32 to match, as a buggy
+    writer would: only the payload's meaning is wrong."""
+    with h5py.File(path, "r+") as f:
+        row = f["tensors"][tid]
+        start = int(row["offset"]) + at
+        f["heap"][start:start + len(raw)] = np.frombuffer(raw, np.uint8)
+        row["crc32"] = zlib.crc32(f["heap"][int(row["offset"]):int(row["offset"]) + int(row["nbytes"])])
+        f["tensors"][tid] = row
+    return path
+
+
+def _two_bases(path: Path, first: np.ndarray) -> Path:
+    """A trace whose tensor 2 is dropout(tensor 1) and tensor 0 is ``first`` (zero-rows
+    encoded when it allows), so tests can point tensor 2's base at tensor 0."""
+    x = np.arange(1.0, 145.0, dtype=np.float32).reshape(16, 9)
+    y = x * np.float32(2.0)
+    with tracefmt.TraceWriter(path) as w:
+        w.write_run(tracefmt.RunInfo((), {}, {"mode": "full"}))
+        w.add_tensor(first, encoded=tracefmt.encode_zero_rows(first))
+        w.add_tensor(x)
+        w.add_tensor(y, encoded=tracefmt.encode_masked_scale(y, x, base_id=1, scales=(2.0,)))
+    return path
+
+
+class TestEncodedPayloads:
+    """Format 1.1 payloads (spec 4.1) are checked against their row before they are decoded."""
+
+    @pytest.fixture
+    def encoded(self, tmp_path: Path) -> Path:
+        return copy_conformance("encoded.h5", tmp_path)
+
+    def test_reads_both_encodings(self, encoded: Path) -> None:
+        """The conformance file decodes to the generator's arrays, verified or not."""
+        gen = generator()
+        with tracefmt.open_trace(encoded) as r:
+            assert r.tensor(ENC_MASKED).encoding == "masked-scale"
+            assert r.read(ENC_MASKED, verify=True).tobytes() == gen.ENCODED_Y.tobytes()
+            assert r.read(ENC_ROWS, verify=True).tobytes() == gen.ENCODED_TABLE.tobytes()
+
+    def test_refuses_contradictory_flags(self, encoded: Path) -> None:
+        """A row cannot hold a plain payload and an encoded one."""
+        set_tensor_field(encoded, ENC_MASKED, "flags", 1 | 8)
+        with tracefmt.open_trace(encoded) as r, pytest.raises(TraceFormatError, match="contradictory"):
+            r.tensor(ENC_MASKED)
+
+    def test_refuses_unknown_encoding(self, encoded: Path) -> None:
+        """An encoding number outside the spec is a format error."""
+        _patch_payload(encoded, ENC_MASKED, 0, np.uint32(7).tobytes())
+        with tracefmt.open_trace(encoded) as r, pytest.raises(TraceFormatError, match="unknown payload encoding 7"):
+            r.read(ENC_MASKED)
+
+    def test_refuses_encoding_other_than_its_flag(self, encoded: Path) -> None:
+        """The header's encoding must be the one the row's flag names."""
+        set_tensor_field(encoded, ENC_ROWS, "flags", 8 | 2)
+        with tracefmt.open_trace(encoded) as r, pytest.raises(TraceFormatError):
+            r.read(ENC_ROWS)
+
+    @pytest.mark.parametrize("tid", [ENC_MASKED, ENC_ROWS])
+    def test_refuses_wrong_length(self, encoded: Path, tid: int) -> None:
+        """A payload one byte short of what its header and shape need is refused."""
+        with h5py.File(encoded, "r") as f:
+            nbytes = int(f["tensors"][tid]["nbytes"])
+        set_tensor_field(encoded, tid, "nbytes", nbytes - 1)
+        with tracefmt.open_trace(encoded) as r, pytest.raises(TraceFormatError, match="expected"):
+            r.read(tid)
+
+    def test_refuses_later_base(self, encoded: Path) -> None:
+        """A masked-scale base must be an earlier tensor: no cycles, no forward references."""
+        _patch_payload(encoded, ENC_MASKED, 8, np.uint64(ENC_ROWS).tobytes())
+        with tracefmt.open_trace(encoded) as r, pytest.raises(TraceFormatError, match="not an earlier tensor"):
+            r.read(ENC_MASKED)
+
+    def test_refuses_encoded_base(self, tmp_path: Path) -> None:
+        """A base stored encoded itself is refused (decoding never recurses)."""
+        first = np.zeros((16, 9), np.float32)
+        first[3] = 1.0
+        path = _patch_payload(_two_bases(tmp_path / "t.h5", first), 2, 8, np.uint64(0).tobytes())
+        with tracefmt.open_trace(path) as r, pytest.raises(TraceFormatError, match="has no plain payload"):
+            r.read(2)
+
+    def test_refuses_base_of_another_shape(self, tmp_path: Path) -> None:
+        """A base of another shape than the tensor is refused."""
+        path = _patch_payload(_two_bases(tmp_path / "t.h5", np.ones((3, 3), np.float32)),
+                              2, 8, np.uint64(0).tobytes())
+        with tracefmt.open_trace(path) as r, pytest.raises(TraceFormatError, match="same dtype and shape"):
+            r.read(2)
+
+    def test_deep_validation_reports_a_bad_encoding(self, encoded: Path) -> None:
+        """``validate --deep`` decodes every encoded payload and names the bad one."""
+        _patch_payload(encoded, ENC_MASKED, 8, np.uint64(ENC_ROWS).tobytes())
+        report = tracefmt.validate_trace(encoded, deep=True)
+        assert any(p.startswith(f"tensor {ENC_MASKED}:") and "earlier" in p for p in report.problems)
 
 
 def _unopenable(tmp: Path) -> Iterator[Path]:

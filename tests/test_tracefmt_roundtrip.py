@@ -216,6 +216,89 @@ class TestTraceReaderReadInto:
             r.read_into(tid, np.empty(39, np.uint8))
 
 
+def _dropout(base: np.ndarray, keep: np.ndarray, scale: float) -> np.ndarray:
+    """``base * (keep ? scale : 0)`` in base's dtype, as torch's dropout computes it."""
+    with np.errstate(all="ignore"):
+        return base * np.where(keep, base.dtype.type(scale), base.dtype.type(0))
+
+
+class TestEncodeMaskedScale:
+    """``encode_masked_scale`` stores a dropout-shaped tensor as bits, or declines."""
+
+    @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+    def test_round_trips_bit_for_bit(self, tmp_path: Path, dtype: str) -> None:
+        """NaN, Inf, -0.0 and subnormal bases survive: the reader rebuilds the exact bits."""
+        rng = np.random.default_rng(1)
+        base = np.concatenate([bit_patterns(dtype, seed).reshape(-1) for seed in range(3)])
+        base = base[:64].reshape(8, 8)
+        keep = rng.random(base.shape) > 0.3
+        scale = float(base.dtype.type(1 / 0.7))
+        values = _dropout(base, keep, scale)
+        enc = tracefmt.encode_masked_scale(values, base, base_id=0, scales=(2.0, scale))
+        assert enc is not None and enc.nbytes == 24 + 8
+        with TraceWriter(tmp_path / "t.h5") as w:
+            w.write_run(RunInfo((), {}, {}))
+            w.add_tensor(base, summary=None)  # random bits: the summary is not the point
+            tid = w.add_tensor(values, encoded=enc, summary=None)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r.tensor(tid).encoding == "masked-scale"
+            assert r.read(tid, verify=True).tobytes() == values.tobytes()
+            assert r.read(tid, rows=slice(2, 5)).tobytes() == values[2:5].tobytes()
+            out = np.empty(values.nbytes, np.uint8)
+            assert r.read_into(tid, out).tobytes() == values.tobytes()
+
+    def test_declines_values_no_scale_reproduces(self) -> None:
+        """One element off by one ulp, or the wrong scale: None, store the values instead."""
+        base = np.linspace(-3, 3, 40, dtype=np.float32)
+        keep = np.arange(40) % 3 != 0
+        values = _dropout(base, keep, 1.25)
+        assert tracefmt.encode_masked_scale(values, base, base_id=0, scales=(1.5,)) is None
+        values[7] = np.nextafter(values[7], np.float32(np.inf))
+        assert tracefmt.encode_masked_scale(values, base, base_id=0, scales=(1.25,)) is None
+
+    def test_declines_other_dtypes_and_shapes(self) -> None:
+        """bfloat16 bits (stored as uint16), ints and mismatched shapes are not encoded."""
+        ints = np.arange(16, dtype=np.int32)
+        assert tracefmt.encode_masked_scale(ints, ints, base_id=0, scales=(1.0,)) is None
+        f = np.ones(16, np.float32)
+        assert tracefmt.encode_masked_scale(f, f.reshape(4, 4), base_id=0, scales=(1.0,)) is None
+
+    def test_writer_refuses_a_payload_for_another_shape(self, tmp_path: Path) -> None:
+        """The writer parses what it is given: a mask for 16 elements cannot describe 17."""
+        f = np.ones(16, np.float32)
+        enc = tracefmt.encode_masked_scale(f, f, base_id=0, scales=(1.0,))
+        with TraceWriter(tmp_path / "t.h5") as w, pytest.raises(tracefmt.UsageError, match="bad encoded"):
+            w.add_tensor(f)
+            w.add_tensor(np.ones(17, np.float32), encoded=enc)
+
+
+class TestEncodeZeroRows:
+    """``encode_zero_rows`` leaves out all-zero rows, or declines."""
+
+    def test_round_trips_and_keeps_negative_zero_rows(self, tmp_path: Path) -> None:
+        """Zero rows come back as +0.0; a row of -0.0 is not zero bytes and is stored."""
+        table = np.zeros((20, 3), np.float32)
+        table[4] = [1.0, np.nan, -2.0]
+        table[11] = -0.0
+        enc = tracefmt.encode_zero_rows(table)
+        assert enc is not None and enc.nbytes == 8 + 8 + 2 * 12
+        with TraceWriter(tmp_path / "t.h5") as w:
+            w.write_run(RunInfo((), {}, {}))
+            tid = w.add_tensor(table, encoded=enc)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r.tensor(tid).encoding == "zero-rows"
+            assert r.tensor(tid).value_nbytes == table.nbytes
+            assert r.read(tid, verify=True).tobytes() == table.tobytes()
+
+    def test_declines_when_little_is_saved(self) -> None:
+        """Fewer than a quarter of the rows zero, or fewer than 8 rows: None."""
+        table = np.ones((16, 4), np.float32)
+        table[:3] = 0
+        assert tracefmt.encode_zero_rows(table) is None
+        assert tracefmt.encode_zero_rows(np.zeros((7, 4), np.float32)) is None
+        assert tracefmt.encode_zero_rows(np.zeros((16, 4), np.float32)) is not None
+
+
 class TestTraceWriterPageCache:
     """A recording does not keep its gigabytes in the page cache."""
 

@@ -5,6 +5,7 @@ The torch side (recorder, replayer) and other frameworks write and read traces t
 """
 
 from ._dtypes import DTYPES, DtypeInfo, decode_values, dtype_info, encode_values, storage_dtype
+from ._encoding import MASKED_SCALE_DTYPES, encode_masked_scale, encode_zero_rows
 from ._errors import (
     IncompleteTraceError,
     IntegrityError,
@@ -69,6 +70,7 @@ __all__ = [
     "HIST_BINS",
     "IncompleteTraceError",
     "IntegrityError",
+    "MASKED_SCALE_DTYPES",
     "MAX_NDIM",
     "ModuleInfo",
     "NotATraceError",
@@ -102,7 +104,9 @@ __all__ = [
     "default_leaf",
     "describe",
     "dtype_info",
+    "encode_masked_scale",
     "encode_values",
+    "encode_zero_rows",
     "has_opaque",
     "is_traceset",
     "iter_tensor_leaves",

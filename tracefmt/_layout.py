@@ -1,4 +1,4 @@
-"""Names, numbers and table layouts fixed by spec/trace-format.md (format 1.0)."""
+"""Names, numbers and table layouts fixed by spec/trace-format.md (format 1.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 FORMAT_NAME = "tensortrace-trace"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 
 MAX_NDIM = 8
 HIST_BINS = 32
@@ -26,6 +26,10 @@ REQUIRED_DATASETS = (HEAP, BLOBS, TENSORS, BATCH_STATS, EVENTS)
 FLAG_PAYLOAD = 1
 FLAG_SUMMARY = 2
 FLAG_REQUIRES_GRAD = 4
+# format 1.1: the heap bytes are an encoded payload (spec §4.1), one bit per encoding
+FLAG_MASKED_SCALE = 8
+FLAG_ZERO_ROWS = 16
+FLAG_ENCODING_BITS = FLAG_MASKED_SCALE | FLAG_ZERO_ROWS
 
 
 class EventKind(enum.IntEnum):

@@ -21,6 +21,7 @@ import numpy as np
 
 from ._direct import DirectHeap
 from ._dtypes import decode_values, dtype_info
+from ._encoding import ENCODING_FLAGS, ENCODINGS, ZeroRows, parse_encoded
 from ._errors import (
     IntegrityError,
     NotATraceError,
@@ -37,6 +38,7 @@ from ._layout import (
     BLOBS,
     EVENT_ROW,
     EVENTS,
+    FLAG_ENCODING_BITS,
     FLAG_PAYLOAD,
     FLAG_REQUIRES_GRAD,
     FLAG_SUMMARY,
@@ -58,6 +60,7 @@ from ._tree import MAX_BLOB_BYTES, unpack_blob
 __all__ = ["TraceReader", "open_trace", "open_hdf5"]
 
 _ROW_BLOCK = 1024
+_ENCODING_FLAGS: dict[int, str | None] = {0: None, **ENCODING_FLAGS}  # anything else: ""
 _WINDOW_ROWS = 1 << 18
 
 
@@ -437,9 +440,14 @@ class TraceReader:
             if numel > MAX_ELEMENTS:
                 raise UnsafeTraceError(f"tensor {tid} declares an absurd shape {shape}", path=self.path)
         flags = int(r["flags"])
-        has_payload = bool(flags & FLAG_PAYLOAD)
+        raw_payload = bool(flags & FLAG_PAYLOAD)
+        encoding = _ENCODING_FLAGS.get(flags & FLAG_ENCODING_BITS, "")
+        if encoding == "" or (raw_payload and encoding is not None):
+            raise TraceFormatError(f"tensor {tid} has contradictory payload flags {flags:#04x}",
+                                   path=self.path)
+        has_payload = raw_payload or encoding is not None
         nbytes, offset = int(r["nbytes"]), int(r["offset"])
-        if has_payload and nbytes != numel * info.itemsize:
+        if raw_payload and nbytes != numel * info.itemsize:
             raise TraceFormatError(
                 f"tensor {tid}: {nbytes} bytes stored for shape {shape} of {name}", path=self.path)
         summary = None
@@ -456,7 +464,7 @@ class TraceReader:
             )
         return TensorInfo(tid, name, shape, tuple(int(x) for x in r["strides"][:ndim]), offset,
                           nbytes, int(r["crc32"]), has_payload, bool(flags & FLAG_REQUIRES_GRAD),
-                          summary)
+                          summary, encoding)
 
     def nonfinite_flags(self) -> np.ndarray:
         """For every tensor id, whether its summary counts any NaN or Inf (False without one).
@@ -488,6 +496,16 @@ class TraceReader:
         if not info.has_payload:
             raise UsageError(f"tensor {tid} has no stored values (recorded in stats mode)", path=self.path)
         storage = np.dtype(dtype_info(info.dtype).storage)
+        if info.encoding is not None:
+            arr = self._decoded(info, verify=verify)
+            if rows is not None:
+                if not info.shape:
+                    raise UsageError("a 0-d tensor has no rows to slice", path=self.path)
+                r0, r1, step = rows.indices(info.shape[0])
+                if step != 1:
+                    raise UsageError("row slices must be contiguous", path=self.path)
+                arr = arr[r0:max(r0, r1)]
+            return decode_values(arr, info.dtype) if decode else arr
         start, stop, shape = 0, info.nbytes, info.shape
         if rows is not None:
             if not shape:
@@ -520,9 +538,14 @@ class TraceReader:
         info = self.tensor(tid)
         if not info.has_payload:
             raise UsageError(f"tensor {tid} has no stored values (recorded in stats mode)", path=self.path)
-        if not out.flags.c_contiguous or out.nbytes != info.nbytes:
-            raise UsageError(f"read_into needs a C-contiguous buffer of {info.nbytes} bytes, "
+        if not out.flags.c_contiguous or out.nbytes != info.value_nbytes:
+            raise UsageError(f"read_into needs a C-contiguous buffer of {info.value_nbytes} bytes, "
                              f"not {out.nbytes}", path=self.path)
+        storage = np.dtype(dtype_info(info.dtype).storage)
+        if info.encoding is not None:
+            flat = out.reshape(-1).view(np.uint8)
+            flat[:] = self._decoded(info, verify=False).reshape(-1).view(np.uint8)
+            return flat.view(storage).reshape(info.shape)
         if info.offset + info.nbytes > self._heap.shape[0]:
             raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
                                    path=self.path)
@@ -530,7 +553,39 @@ class TraceReader:
         if info.nbytes and (self._direct is None
                             or not self._direct.read_into(info.offset, flat)):
             flat[:] = self._slice(self._heap, info.offset, info.offset + info.nbytes, f"/{HEAP}")
-        return flat.view(np.dtype(dtype_info(info.dtype).storage)).reshape(info.shape)
+        return flat.view(storage).reshape(info.shape)
+
+    def _decoded(self, info: TensorInfo, *, verify: bool) -> np.ndarray:
+        """The stored (undecoded) values of an encoded tensor, in its recorded shape."""
+        tid = info.id
+        if info.offset + info.nbytes > self._heap.shape[0]:
+            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
+                                   path=self.path)
+        raw = self._read_heap(info.offset, info.offset + info.nbytes)
+        if verify and zlib.crc32(raw) != info.crc32:
+            raise IntegrityError(
+                f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
+                path=self.path)
+        dt = dtype_info(info.dtype)
+        storage = np.dtype(dt.storage)
+        try:
+            enc = parse_encoded(raw, dtype=info.dtype, shape=info.shape, itemsize=dt.itemsize,
+                                tid=tid)
+        except TraceFormatError as exc:
+            raise TraceFormatError(exc.message, path=self.path) from None
+        if info.encoding != ENCODINGS[enc.code]:
+            raise TraceFormatError(f"tensor {tid}: flags say {info.encoding}, payload says "
+                                   f"{ENCODINGS[enc.code]}", path=self.path)
+        if isinstance(enc, ZeroRows):
+            return enc.decode(info.shape, storage)
+        base = self.tensor(enc.base)
+        if base.encoding is not None or not base.has_payload:
+            raise TraceFormatError(f"tensor {tid}: masked-scale base {enc.base} has no plain "
+                                   f"payload", path=self.path)
+        if base.dtype != info.dtype or base.shape != info.shape:
+            raise TraceFormatError(f"tensor {tid}: masked-scale base {enc.base} is not of the "
+                                   f"same dtype and shape", path=self.path)
+        return enc.decode(self.read(enc.base, decode=False, verify=verify), storage)
 
     def _read_heap(self, start: int, stop: int) -> np.ndarray:
         """Heap bytes ``start:stop``: straight from the file where the layout allows."""

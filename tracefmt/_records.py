@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._dtypes import dtype_info
 from ._errors import TraceFormatError
 from ._summary import TensorSummary
 from ._tree import check_tree, iter_tensor_leaves
@@ -270,7 +271,12 @@ class CallRecord:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A row of ``/tensors``: dtype, shape, recorded strides, payload location, summary."""
+    """A row of ``/tensors``: dtype, shape, recorded strides, payload location, summary.
+
+    ``offset``, ``nbytes`` and ``crc32`` describe the bytes stored in ``/heap``: the values
+    themselves, or with ``encoding`` (format 1.1, spec §4.1) their encoded form, which
+    ``TraceReader.read`` decodes. ``has_payload`` says the values can be read either way.
+    """
 
     id: int
     dtype: str
@@ -282,6 +288,7 @@ class TensorInfo:
     has_payload: bool
     requires_grad: bool
     summary: TensorSummary | None
+    encoding: str | None = None  # "masked-scale" or "zero-rows"
 
     @property
     def numel(self) -> int:
@@ -289,3 +296,10 @@ class TensorInfo:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def value_nbytes(self) -> int:
+        """numel × itemsize: the size of the values once read (``nbytes`` unless encoded)."""
+        if self.encoding is None:
+            return self.nbytes
+        return self.numel * dtype_info(self.dtype).itemsize

@@ -160,6 +160,7 @@ def _relink(body: dict, link: tuple[int | None, int, bool]) -> None:
 
 
 def _copy_tensor(reader: TraceReader, writer: TraceWriter, old: int) -> int:
+    """Copy one tensor; an encoded payload is stored decoded (its base may be renumbered)."""
     info = reader.tensor(old)
     data = reader.read(old, decode=False) if info.has_payload else None
     return writer.add_tensor(data, dtype=info.dtype, shape=info.shape, strides=info.strides,

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ._dtypes import DTYPES
-from ._errors import TraceFormatError
+from ._errors import TraceError, TraceFormatError
 from ._layout import (
     BATCH_STATS,
+    FLAG_ENCODING_BITS,
     FLAG_PAYLOAD,
     FLAG_SUMMARY,
     FORMAT_MINOR,
@@ -126,6 +127,7 @@ class _Validator:
         self.errs: list[str] = []
         self.n_tensors = reader.n_tensors
         self.bad_tensors: dict[int, str] = {}
+        self._flagged: set[int] = set()  # every tensor reported so far
         self.calls: dict[int, _Call] = {}
         self.backwards: set[int] = set()
         self.step_events: set[int] = set()
@@ -145,6 +147,8 @@ class _Validator:
             self._bad_tensor(tid, message)
         if self.deep:
             for tid, message in iter_bad_payloads(r):
+                self._bad_tensor(tid, message)
+            for tid, message in iter_bad_encodings(r, skip=set(self._flagged)):
                 self._bad_tensor(tid, message)
         rows = r._event_rows
         self._check_attrs()
@@ -176,6 +180,7 @@ class _Validator:
 
     def _bad_tensor(self, tid: int, message: str) -> None:
         self.p.add(f"tensor {tid}: {message}")
+        self._flagged.add(tid)
         if self.salvage:
             self.bad_tensors.setdefault(tid, message)
 
@@ -480,12 +485,16 @@ def _bad_rows(rows: np.ndarray, start: int, heap_len: int, batch_len: int
     known, itemsize, absurd, numel = _row_sizes(rows)
     flags = rows["flags"]
     payload = (flags & FLAG_PAYLOAD) != 0
+    enc_bits = flags & FLAG_ENCODING_BITS
+    encoded = enc_bits != 0
+    clash = (encoded & payload) | (enc_bits == FLAG_ENCODING_BITS)
     summary = (flags & FLAG_SUMMARY) != 0
     offset, nbytes = rows["offset"], rows["nbytes"]
     sized = known & ~absurd & (rows["ndim"] <= MAX_NDIM)
     wrong_size = payload & sized & (nbytes != numel * itemsize)
-    past_end = payload & ((offset > heap_len) | (nbytes > np.uint64(heap_len) - np.minimum(offset, heap_len)))
-    stray = ~payload & (nbytes != 0)
+    stored = payload | encoded
+    past_end = stored & ((offset > heap_len) | (nbytes > np.uint64(heap_len) - np.minimum(offset, heap_len)))
+    stray = ~stored & (nbytes != 0)
     counts = {k: rows[k].astype(np.float64) for k in ("count", "nan", "posinf", "neginf", "zeros")}
     special = counts["nan"] + counts["posinf"] + counts["neginf"]
     hist = rows["hist"].astype(np.float64).sum(axis=1)
@@ -498,7 +507,7 @@ def _bad_rows(rows: np.ndarray, start: int, heap_len: int, batch_len: int
     bc, bo = rows["batch_count"].astype(np.uint64), rows["batch_offset"]
     bad_batch = summed & (bc != 0) & (bc != want_batch)
     batch_past = summary & (bc != 0) & ((bo > batch_len) | (bc > np.uint64(batch_len) - np.minimum(bo, batch_len)))
-    bad = (~known | (rows["ndim"] > MAX_NDIM) | absurd | wrong_size | past_end | stray | bad_count
+    bad = (~known | (rows["ndim"] > MAX_NDIM) | absurd | clash | wrong_size | past_end | stray | bad_count
            | bad_special | bad_hist | bad_batch | batch_past)
     for j in np.flatnonzero(bad):
         r = rows[j]
@@ -511,6 +520,8 @@ def _bad_rows(rows: np.ndarray, start: int, heap_len: int, batch_len: int
             msg = f"ndim {ndim} exceeds {MAX_NDIM}"
         elif absurd[j]:
             msg = f"shape {shape} exceeds 2**40 elements"
+        elif clash[j]:
+            msg = f"contradictory payload flags {int(r['flags']):#04x}"
         elif wrong_size[j]:
             msg = (f"{int(r['nbytes'])} bytes stored for shape {shape} of {name} "
                    f"(needs {int(numel[j] * itemsize[j])})")
@@ -533,6 +544,22 @@ def _bad_rows(rows: np.ndarray, start: int, heap_len: int, batch_len: int
         yield start + int(j), msg
 
 
+def iter_bad_encodings(reader: TraceReader, *, skip: set[int]) -> Iterator[tuple[int, str]]:
+    """``(tensor id, problem)`` for each encoded payload (format 1.1) that does not decode:
+    a malformed header or length, or a masked-scale base that is not an earlier stored
+    tensor of the same dtype and shape. Tensors in ``skip`` were reported already."""
+    for start in range(0, reader.n_tensors, _BLOCK):
+        flags = np.asarray(reader._tensors.fields("flags")[start:start + _BLOCK])
+        for j in np.flatnonzero((flags & FLAG_ENCODING_BITS) != 0):
+            tid = start + int(j)
+            if tid in skip:
+                continue
+            try:
+                reader.read(tid, decode=False)
+            except TraceError as exc:
+                yield tid, exc.message
+
+
 def iter_bad_payloads(reader: TraceReader) -> Iterator[tuple[int, str]]:
     """``(tensor id, problem)`` for each payload whose CRC-32 does not match its bytes.
 
@@ -549,7 +576,7 @@ def iter_bad_payloads(reader: TraceReader) -> Iterator[tuple[int, str]]:
         ok = np.ones(len(rows), bool)
         for j, _ in _bad_rows(rows, start, heap_len, batch_len):
             ok[j - start] = False
-        ok &= (rows["flags"] & FLAG_PAYLOAD) != 0
+        ok &= (rows["flags"] & (FLAG_PAYLOAD | FLAG_ENCODING_BITS)) != 0
         ids = np.flatnonzero(ok) + start
         picked.append(np.stack([rows["offset"][ok], rows["nbytes"][ok], rows["crc32"][ok].astype(np.uint64),
                                 ids.astype(np.uint64)], axis=1))

@@ -23,7 +23,8 @@ import h5py
 import numpy as np
 
 from ._dtypes import decode_values, dtype_info, encode_values
-from ._errors import TraceWriteError, UsageError
+from ._encoding import FLAG_OF, parse_encoded
+from ._errors import TraceFormatError, TraceWriteError, UsageError
 from ._layout import (
     BATCH_STAT_COLUMNS,
     BATCH_STATS,
@@ -67,7 +68,7 @@ def _producer() -> str:
 
 
 class TraceWriter:
-    """Append-only writer of one trace file (format 1.0).
+    """Append-only writer of one trace file (format 1.1).
 
     Not thread-safe: use it from one thread (the recorder's writer thread).
     """
@@ -144,6 +145,7 @@ class TraceWriter:
         summary: TensorSummary | None | str = "auto",
         requires_grad: bool = False,
         crc32: int | None = None,
+        encoded: np.ndarray | None = None,
     ) -> int:
         """Stage one tensor and return its id.
 
@@ -151,7 +153,9 @@ class TraceWriter:
         bits); ``None`` records metadata and summary only (stats mode). ``summary="auto"``
         computes it with numpy. The array is kept by reference until the next flush.
         ``crc32`` is the stored bytes' CRC-32 when the caller computed it already (on another
-        thread, so the writing thread only writes).
+        thread, so the writing thread only writes). ``encoded`` stores the values as an
+        encoded payload instead (uint8 bytes from ``tracefmt.encode_masked_scale`` or
+        ``encode_zero_rows``; spec §4.1); ``data`` is then only used for the summary.
         """
         if data is not None:
             name = dtype or _numpy_name(data.dtype)
@@ -170,7 +174,20 @@ class TraceWriter:
             summary = compute_summary(decode_values(stored, name))
         flags = (FLAG_SUMMARY if summary is not None else 0) | (FLAG_REQUIRES_GRAD if requires_grad else 0)
         offset = nbytes = crc = 0
-        if stored is not None:
+        if encoded is not None:
+            raw = np.ascontiguousarray(encoded, dtype=np.uint8).reshape(-1)
+            try:
+                enc = parse_encoded(raw, dtype=name, shape=tuple(shape), itemsize=info.itemsize,
+                                    tid=self.n_tensors)
+            except TraceFormatError as exc:
+                raise UsageError(f"bad encoded payload: {exc.message}") from None
+            flags |= FLAG_OF[enc.code]
+            nbytes = raw.size
+            offset = self._heap_len + self._staged_heap_bytes
+            crc = zlib.crc32(raw) if crc32 is None else int(crc32)
+            self._staged_heap.append(raw)
+            self._staged_heap_bytes += nbytes
+        elif stored is not None:
             raw = stored.reshape(-1).view(np.uint8)
             nbytes = raw.size
             if nbytes != int(np.prod(shape, dtype=np.int64)) * info.itemsize:

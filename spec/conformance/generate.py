@@ -77,6 +77,20 @@ EVERY_DTYPE_BITS: dict[str, tuple[str, list[int]]] = {
 }
 
 
+# encoded.h5 (format 1.1): a dropout (p = 0.2, so the scale 1.25 is exact) and a lookup
+# table's gradient with two non-zero rows
+DROPOUT = "torch.nn.modules.dropout.Dropout"
+ENCODED_X = np.array([[1.0, -2.0, 0.5, -0.0, 3.0, 1e-3, -4.0, 2.5, 0.25],
+                      [-1.5, 6.0, -0.125, 8.0, -7.0, 0.0, 9.5, -3.25, 1.0]], dtype=np.float32)
+ENCODED_MASK = np.array([[1, 0, 1, 1, 0, 1, 1, 1, 0],
+                         [1, 1, 0, 1, 1, 1, 0, 1, 1]], dtype=bool)
+ENCODED_SCALE = 1.25
+ENCODED_Y = ENCODED_X * np.where(ENCODED_MASK, np.float32(ENCODED_SCALE), np.float32(0))
+ENCODED_TABLE = np.zeros((10, 3), dtype=np.float32)
+ENCODED_TABLE[2] = [0.5, -1.0, 2.0]
+ENCODED_TABLE[7] = [-0.0, 4.0, 1e-30]
+
+
 def every_dtype_payload(name: str) -> bytes:
     """The exact heap bytes of the ``kwargs.<name>`` tensor in every_dtype.h5."""
     fmt, values = EVERY_DTYPE_BITS[name]
@@ -319,6 +333,20 @@ def write_dedup(path: Path) -> None:
                 call += 1
 
 
+def write_encoded(path: Path) -> None:
+    """Format 1.1: a dropout's output stored as a masked-scale payload against its input, and
+    a zero-rows payload with eight of ten rows left out."""
+    with TraceWriter(path, producer=PRODUCER) as w:
+        w.write_run(RunInfo((ModuleInfo(0, "", DROPOUT),), _env(), _opts()))
+        x = w.add_tensor(ENCODED_X)
+        y = w.add_tensor(ENCODED_Y, encoded=tracefmt.encode_masked_scale(
+            ENCODED_Y, ENCODED_X, base_id=x, scales=(ENCODED_SCALE,)))
+        table = w.add_tensor(ENCODED_TABLE, encoded=tracefmt.encode_zero_rows(ENCODED_TABLE))
+        w.add_event(EventKind.CALL, _call(0, "", DROPOUT, args=_tuple(_t(x)), outputs=_t(y),
+                                          kwargs={"$": "dict", "items": [["table", _t(table)]]}),
+                    step=0, call=0, module=0)
+
+
 # -- raw h5py ------------------------------------------------------------------------------
 
 
@@ -351,8 +379,10 @@ def save_raw(path: Path, attrs: dict[str, Any], data: dict[str, np.ndarray], *,
     f.close()
 
 
-def compact(path: Path) -> None:
+def compact(path: Path, *, minor: int = 0) -> None:
+    """Rewrite chunked to fit, labelled format 1.``minor`` (1.0 unless it uses encodings)."""
     attrs, data = load_raw(path)
+    attrs["format_minor"] = np.int64(minor)
     path.unlink()
     save_raw(path, attrs, data)
 
@@ -402,11 +432,11 @@ def build(out: Path) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
 
-    def valid(name: str, writer: Any, description: str) -> Path:
+    def valid(name: str, writer: Any, description: str, *, minor: int = 0) -> Path:
         p = out / name
         p.unlink(missing_ok=True)
         writer(p)
-        compact(p)
+        compact(p, minor=minor)
         entries.append({"file": name, "expect": "valid", "validate_exit": 0,
                         "description": description})
         return p
@@ -434,6 +464,9 @@ def build(out: Path) -> list[dict[str, Any]]:
     valid("dedup.h5", write_dedup,
           "two steps; one tensor referenced from several events (output -> input, RNG state, "
           "unchanged weights)")
+    valid("encoded.h5", write_encoded,
+          "format 1.1: a dropout output stored as a masked-scale payload against its input, "
+          "and a 10-row table with 8 zero rows stored as a zero-rows payload", minor=1)
 
     def base() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return load_raw(minimal)
