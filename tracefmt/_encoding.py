@@ -138,11 +138,10 @@ def encode_masked_scale(values: np.ndarray, base: np.ndarray, *, base_id: int,
             continue
         with np.errstate(invalid="ignore", over="ignore", under="ignore"):
             keep = np.multiply(b, s).view(bits.dtype) == bits
-            dropped = ~keep
-            if dropped.any():
-                zero = np.multiply(b[dropped], values.dtype.type(0)).view(bits.dtype)
-                if not np.array_equal(zero, bits[dropped]):
-                    continue
+            ok = np.multiply(b, values.dtype.type(0)).view(bits.dtype) == bits
+        ok |= keep  # whole-array passes: gathering the dropped elements was 3x slower
+        if not ok.all():
+            continue
         head = np.zeros(_MASKED_HEADER, np.uint8)
         head[:4] = np.frombuffer(np.uint32(MASKED_SCALE).tobytes(), np.uint8)
         head[8:16] = np.frombuffer(np.uint64(base_id).tobytes(), np.uint8)
