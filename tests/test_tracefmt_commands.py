@@ -180,6 +180,13 @@ class TestTraceOverview:
         assert "  modules     1 (most called: <root> 1)" in lines
         assert "  tensors     4 (52 bytes of payload)" in lines and "  dtypes      float32 4" in lines
 
+    def test_encoded_payloads_are_counted(self) -> None:
+        """Format 1.1 encodings are counted by kind with their stored bytes; none elsewhere."""
+        rc, out, _ = cli(["info", str(CONFORMANCE / "encoded.h5")])
+        assert rc == 0 and "  encoded     1 masked-scale, 1 zero-rows (67 bytes)" in out.splitlines()
+        info = json.loads(cli(["info", "--json", str(CONFORMANCE / "minimal.h5")])[1])
+        assert (info["encoded"], info["encoded_bytes"]) == ({}, 0)
+
     def test_stats_mode(self) -> None:
         """A stats-mode trace says so and stores no payload bytes."""
         info = json.loads(cli(["info", "--json", str(CONFORMANCE / "stats_mode.h5")])[1])

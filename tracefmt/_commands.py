@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._encoding import ENCODING_FLAGS
 from ._errors import TraceFormatError
 from ._layout import FLAG_PAYLOAD, EventKind
 from ._reader import TraceReader, open_trace
@@ -124,6 +125,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("modules", f"{o['modules']}" + (f" (most called: {top})" if top else "")),
         ("tensors", f"{o['tensors']} ({o['bytes']} bytes of payload)"),
         ("dtypes", dtypes),
+        ("encoded", ", ".join(f"{v} {k}" for k, v in o["encoded"].items())
+         + f" ({o['encoded_bytes']} bytes)" if o["encoded"] else "none"),
     ):
         print(f"  {label:<12}{value}")
     return 0
@@ -142,10 +145,12 @@ def trace_overview(reader: TraceReader) -> dict[str, Any]:
     top = [{"path": reader.modules[i].path, "type": reader.modules[i].type,
             "calls": int(per_module[i])} for i in order if per_module[i]]
     dtypes: Counter[str] = Counter()
+    encoded: Counter[str] = Counter()
+    encoded_bytes = 0
     with_payload = 0
     for start in range(0, reader.n_tensors, _BLOCK):
         try:
-            block = reader._tensors.fields(["dtype", "flags"])[start:start + _BLOCK]
+            block = reader._tensors.fields(["dtype", "flags", "nbytes"])[start:start + _BLOCK]
         except (OSError, ValueError) as exc:
             raise TraceFormatError(f"/tensors rows from {start} are unreadable ({exc})",
                                    path=reader.path) from None
@@ -153,6 +158,10 @@ def trace_overview(reader: TraceReader) -> dict[str, Any]:
         for n, c in zip(names, counts):
             dtypes[n.decode("ascii", "replace")] += int(c)
         with_payload += int(np.count_nonzero(block["flags"] & FLAG_PAYLOAD))
+        for flag, name in ENCODING_FLAGS.items():
+            sel = (block["flags"] & flag) != 0
+            encoded[name] += int(np.count_nonzero(sel))
+            encoded_bytes += int(block["nbytes"][sel].sum())
     mode = reader.run.options.get("mode")
     if mode not in ("full", "stats"):
         mode = "full" if with_payload else ("stats" if reader.n_tensors else "unknown")
@@ -164,6 +173,7 @@ def trace_overview(reader: TraceReader) -> dict[str, Any]:
         "modules": n_mod, "top_modules": top, "tensors": reader.n_tensors,
         "bytes": reader.bytes_stored, "dtypes": dict(sorted(dtypes.items())), "mode": mode,
         "compression": reader.compression,
+        "encoded": {k: v for k, v in sorted(encoded.items()) if v}, "encoded_bytes": encoded_bytes,
     }
 
 
