@@ -184,6 +184,7 @@ class TestTraceOverview:
         """Format 1.1 encodings are counted by kind with their stored bytes; none elsewhere."""
         rc, out, _ = cli(["info", str(CONFORMANCE / "encoded.h5")])
         assert rc == 0 and "  encoded     1 masked-scale, 1 zero-rows (67 bytes)" in out.splitlines()
+        assert "encoded" not in cli(["info", str(CONFORMANCE / "minimal.h5")])[1]
         info = json.loads(cli(["info", "--json", str(CONFORMANCE / "minimal.h5")])[1])
         assert (info["encoded"], info["encoded_bytes"]) == ({}, 0)
 

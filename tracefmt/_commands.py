@@ -114,7 +114,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     dtypes = ", ".join(f"{_printable(k)} {v}" for k, v in o["dtypes"].items()) or "-"
     stopped = "" if o["complete"] else " (no END event: run 'tensortrace repair')"
     print(_printable(args.file))
-    for label, value in (
+    rows = [
         ("format", f"{o['format_version']}, written by {_printable(o['producer']) or '?'} "
                    f"on {_printable(o['created']) or '?'}"),
         ("complete", ("yes" if o["complete"] else "no") + stopped),
@@ -125,9 +125,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("modules", f"{o['modules']}" + (f" (most called: {top})" if top else "")),
         ("tensors", f"{o['tensors']} ({o['bytes']} bytes of payload)"),
         ("dtypes", dtypes),
-        ("encoded", ", ".join(f"{v} {k}" for k, v in o["encoded"].items())
-         + f" ({o['encoded_bytes']} bytes)" if o["encoded"] else "none"),
-    ):
+    ]
+    if o["encoded"]:  # format 1.1 payloads (spec 4.1)
+        kinds = ", ".join(f"{v} {k}" for k, v in o["encoded"].items())
+        rows.append(("encoded", f"{kinds} ({o['encoded_bytes']} bytes)"))
+    for label, value in rows:
         print(f"  {label:<12}{value}")
     return 0
 
