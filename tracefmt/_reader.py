@@ -60,6 +60,7 @@ from ._tree import MAX_BLOB_BYTES, unpack_blob
 __all__ = ["TraceReader", "open_trace", "open_hdf5"]
 
 _ROW_BLOCK = 1024
+_INFO_CACHE = 4096  # TensorInfo objects kept per reader
 _ENCODING_FLAGS: dict[int, str | None] = {0: None, **ENCODING_FLAGS}  # anything else: ""
 _WINDOW_ROWS = 1 << 18
 
@@ -259,6 +260,7 @@ class TraceReader:
         self._blob_len = int(self._blobs.shape[0])
         self._blob_cache: OrderedDict[int, Any] = OrderedDict()
         self._row_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._info_cache: OrderedDict[int, TensorInfo] = OrderedDict()
         self._window: dict[str, tuple[int, np.ndarray]] = {}
         if len(ev) == 0 or ev["kind"][0] != EventKind.RUN:
             raise TraceFormatError("the first event is not the run event" if len(ev) else "no events recorded")
@@ -422,7 +424,23 @@ class TraceReader:
         return rows[tid - block * _ROW_BLOCK]
 
     def tensor(self, tid: int) -> TensorInfo:
-        """Metadata and summary of one tensor; reads no payload."""
+        """Metadata and summary of one tensor; reads no payload.
+
+        Recently built ones are kept (rows never change once written): replay asks for the
+        same tensor several times per call, and building one costs about 90 µs.
+        """
+        key = int(tid) if isinstance(tid, (int, np.integer)) and not isinstance(tid, bool) else None
+        cached = self._info_cache.get(key) if key is not None else None
+        if cached is not None:
+            self._info_cache.move_to_end(key)
+            return cached
+        info = self._tensor_info(tid)
+        self._info_cache[info.id] = info
+        if len(self._info_cache) > _INFO_CACHE:
+            self._info_cache.popitem(last=False)
+        return info
+
+    def _tensor_info(self, tid: int) -> TensorInfo:
         r = self._row(tid)
         try:
             name = bytes(r["dtype"]).rstrip(b"\0").decode("ascii")
