@@ -124,13 +124,15 @@ def encode_masked_scale(values: np.ndarray, base: np.ndarray, *, base_id: int,
     """The masked-scale payload of ``values`` against ``base``, or None where no scale in
     ``scales`` reproduces every bit (then the values must be stored as they are).
 
-    An element's bit is set where ``base * scale`` gives its bits, else ``base * 0`` must:
-    checking both keeps the cases where they coincide (a zero base) or where the product
-    with zero is not zero (an infinite base times zero is NaN).
+    An element's bit is set where ``base * scale`` gives its bits, else ``base * 0`` must
+    (a zero base gives the same either way). Values holding a NaN are declined: which NaN a
+    product gives is not the same on every machine, so decoding could not promise the bits.
     """
     if values.shape != base.shape or values.dtype != base.dtype or values.dtype.name not in MASKED_SCALE_DTYPES:
         return None
     v, b = values.reshape(-1), base.reshape(-1)
+    if np.isnan(v).any():
+        return None
     bits = v.view(f"<u{v.itemsize}")
     for scale in scales:
         s = values.dtype.type(scale)
