@@ -216,6 +216,31 @@ class TestTraceReaderReadInto:
             r.read_into(tid, np.empty(39, np.uint8))
 
 
+class TestTraceReaderTensor:
+    """``TraceReader.tensor`` keeps recently built rows, bounded, and never mixes them up."""
+
+    def test_repeated_lookups_reuse_one_info(self, tmp_path: Path) -> None:
+        """A second lookup of the same id (int or numpy int) returns the same object."""
+        tid = write_one(tmp_path / "t.h5", np.arange(6, dtype=np.float32))
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r.tensor(tid) is r.tensor(np.int64(tid))
+
+    def test_evicted_entries_are_rebuilt_right(self, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        """With room for two, cycling through five tensors keeps each id's own shape."""
+        import tracefmt._reader as reader_module
+
+        monkeypatch.setattr(reader_module, "_INFO_CACHE", 2)
+        arrays = [np.zeros((i + 1, 2), np.float32) for i in range(5)]
+        tids = write_many(tmp_path / "t.h5", arrays)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            for _ in range(2):
+                for tid, a in zip(tids, arrays, strict=True):
+                    info = r.tensor(tid)
+                    assert (info.id, info.shape) == (tid, a.shape)
+            assert len(r._info_cache) == 2
+
+
 def _dropout(base: np.ndarray, keep: np.ndarray, scale: float) -> np.ndarray:
     """``base * (keep ? scale : 0)`` in base's dtype, as torch's dropout computes it."""
     with np.errstate(all="ignore"):

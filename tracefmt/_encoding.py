@@ -18,6 +18,7 @@ row is a TraceFormatError.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,7 +26,6 @@ from ._errors import TraceFormatError
 from ._layout import FLAG_MASKED_SCALE, FLAG_ZERO_ROWS
 
 __all__ = [
-    "ENCODINGS",
     "ENCODING_FLAGS",
     "MASKED_SCALE",
     "MASKED_SCALE_DTYPES",
@@ -39,9 +39,6 @@ __all__ = [
 
 MASKED_SCALE = 1
 ZERO_ROWS = 2
-ENCODINGS = {MASKED_SCALE: "masked-scale", ZERO_ROWS: "zero-rows"}
-ENCODING_FLAGS = {FLAG_MASKED_SCALE: "masked-scale", FLAG_ZERO_ROWS: "zero-rows"}
-FLAG_OF = {MASKED_SCALE: FLAG_MASKED_SCALE, ZERO_ROWS: FLAG_ZERO_ROWS}
 MASKED_SCALE_DTYPES = ("float16", "float32", "float64")
 
 _HEADER = 8
@@ -52,6 +49,13 @@ def _pad8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
+def _header(encoding: int, size: int) -> np.ndarray:
+    """``size`` zero bytes starting with the 8-byte header of ``encoding``."""
+    head = np.zeros(size, np.uint8)
+    head[:4] = np.frombuffer(np.uint32(encoding).tobytes(), np.uint8)
+    return head
+
+
 @dataclass(frozen=True)
 class MaskedScale:
     """``v = base * (mask ? scale : 0)``; ``mask`` holds numel bits, LSB first."""
@@ -59,7 +63,8 @@ class MaskedScale:
     base: int
     scale: float
     mask: np.ndarray  # uint8, ceil(numel / 8) bytes
-    code = MASKED_SCALE
+    name: ClassVar[str] = "masked-scale"
+    flag: ClassVar[int] = FLAG_MASKED_SCALE
 
     def decode(self, base: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """The values, from the base tensor's values (same shape, ``dtype``)."""
@@ -75,12 +80,16 @@ class ZeroRows:
 
     present: np.ndarray  # bool, one per row
     rows: np.ndarray  # uint8, the stored rows' bytes
-    code = ZERO_ROWS
+    name: ClassVar[str] = "zero-rows"
+    flag: ClassVar[int] = FLAG_ZERO_ROWS
 
     def decode(self, shape: tuple[int, ...], storage: np.dtype) -> np.ndarray:
         out = np.zeros(shape, dtype=storage)
         out[self.present] = self.rows.view(storage).reshape((-1, *shape[1:]))
         return out
+
+
+ENCODING_FLAGS = {cls.flag: cls.name for cls in (MaskedScale, ZeroRows)}  # row flag -> name
 
 
 def parse_encoded(raw: np.ndarray, *, dtype: str, shape: tuple[int, ...], itemsize: int,
@@ -89,7 +98,7 @@ def parse_encoded(raw: np.ndarray, *, dtype: str, shape: tuple[int, ...], itemsi
     what = f"tensor {tid}"
     if raw.size < _HEADER:
         raise TraceFormatError(f"{what}: encoded payload of {raw.size} bytes is shorter than its header")
-    encoding, reserved = (int(x) for x in raw[:_HEADER].view("<u4"))
+    encoding = int(raw[:4].view("<u4")[0])  # bytes 4-7 are reserved
     numel = int(np.prod(shape, dtype=np.int64))
     if encoding == MASKED_SCALE:
         if dtype not in MASKED_SCALE_DTYPES:
@@ -144,8 +153,7 @@ def encode_masked_scale(values: np.ndarray, base: np.ndarray, *, base_id: int,
         ok |= keep  # whole-array passes: gathering the dropped elements was 3x slower
         if not ok.all():
             continue
-        head = np.zeros(_MASKED_HEADER, np.uint8)
-        head[:4] = np.frombuffer(np.uint32(MASKED_SCALE).tobytes(), np.uint8)
+        head = _header(MASKED_SCALE, _MASKED_HEADER)
         head[8:16] = np.frombuffer(np.uint64(base_id).tobytes(), np.uint8)
         head[16:24] = np.frombuffer(np.float64(scale).tobytes(), np.uint8)
         return np.concatenate([head, np.packbits(keep, bitorder="little")])
@@ -164,7 +172,6 @@ def encode_zero_rows(stored: np.ndarray, *, min_saving: float = 0.25) -> np.ndar
     if kept > (1.0 - min_saving) * n_rows:
         return None
     bitmap = np.packbits(present, bitorder="little")
-    head = np.zeros(_HEADER + _pad8(bitmap.size), np.uint8)
-    head[:4] = np.frombuffer(np.uint32(ZERO_ROWS).tobytes(), np.uint8)
+    head = _header(ZERO_ROWS, _HEADER + _pad8(bitmap.size))
     head[_HEADER:_HEADER + bitmap.size] = bitmap
     return np.concatenate([head, rows[present].reshape(-1)])

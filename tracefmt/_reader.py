@@ -21,7 +21,7 @@ import numpy as np
 
 from ._direct import DirectHeap
 from ._dtypes import decode_values, dtype_info
-from ._encoding import ENCODING_FLAGS, ENCODINGS, ZeroRows, parse_encoded
+from ._encoding import ENCODING_FLAGS, ZeroRows, parse_encoded
 from ._errors import (
     IntegrityError,
     NotATraceError,
@@ -513,38 +513,44 @@ class TraceReader:
         info = self.tensor(tid)
         if not info.has_payload:
             raise UsageError(f"tensor {tid} has no stored values (recorded in stats mode)", path=self.path)
-        storage = np.dtype(dtype_info(info.dtype).storage)
+        span = self._row_span(info, rows) if rows is not None else None
         if info.encoding is not None:
             arr = self._decoded(info, verify=verify)
-            if rows is not None:
-                if not info.shape:
-                    raise UsageError("a 0-d tensor has no rows to slice", path=self.path)
-                r0, r1, step = rows.indices(info.shape[0])
-                if step != 1:
-                    raise UsageError("row slices must be contiguous", path=self.path)
-                arr = arr[r0:max(r0, r1)]
-            return decode_values(arr, info.dtype) if decode else arr
-        start, stop, shape = 0, info.nbytes, info.shape
-        if rows is not None:
-            if not shape:
-                raise UsageError("a 0-d tensor has no rows to slice", path=self.path)
-            r0, r1, step = rows.indices(shape[0])
-            if step != 1:
-                raise UsageError("row slices must be contiguous", path=self.path)
-            r1 = max(r0, r1)
-            row_bytes = (info.nbytes // shape[0]) if shape[0] else 0
-            start, stop = r0 * row_bytes, r1 * row_bytes
-            shape = (r1 - r0, *shape[1:])
-        if info.offset + stop > self._heap.shape[0]:
-            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
-                                   path=self.path)
-        raw = self._read_heap(info.offset + start, info.offset + stop)
-        if verify and rows is None and zlib.crc32(raw) != info.crc32:
-            raise IntegrityError(
-                f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
-                path=self.path)
-        arr = raw.view(storage).reshape(shape)
+            if span is not None:
+                arr = arr[span[0]:span[1]]
+        else:
+            start, stop, shape = 0, info.nbytes, info.shape
+            if span is not None:
+                row_bytes = (info.nbytes // shape[0]) if shape[0] else 0
+                start, stop = span[0] * row_bytes, span[1] * row_bytes
+                shape = (span[1] - span[0], *shape[1:])
+            raw = self._stored(info, start, stop, verify=verify and span is None)
+            arr = raw.view(np.dtype(dtype_info(info.dtype).storage)).reshape(shape)
         return decode_values(arr, info.dtype) if decode else arr
+
+    def _row_span(self, info: TensorInfo, rows: slice) -> tuple[int, int]:
+        """``rows`` of dimension 0 as (first, end), checked."""
+        if not info.shape:
+            raise UsageError("a 0-d tensor has no rows to slice", path=self.path)
+        r0, r1, step = rows.indices(info.shape[0])
+        if step != 1:
+            raise UsageError("row slices must be contiguous", path=self.path)
+        return r0, max(r0, r1)
+
+    def _check_extent(self, info: TensorInfo, stop: int) -> None:
+        if info.offset + stop > self._heap.shape[0]:
+            raise TraceFormatError(f"tensor {info.id} points past the end of /{HEAP} (file truncated?)",
+                                   path=self.path)
+
+    def _stored(self, info: TensorInfo, start: int, stop: int, *, verify: bool) -> np.ndarray:
+        """Bytes ``start:stop`` of a tensor's stored payload; ``verify`` checks the whole one."""
+        self._check_extent(info, stop)
+        raw = self._read_heap(info.offset + start, info.offset + stop)
+        if verify and zlib.crc32(raw) != info.crc32:
+            raise IntegrityError(
+                f"tensor {info.id}: checksum mismatch in "
+                f"/{HEAP}[{info.offset}:{info.offset + info.nbytes}]", path=self.path)
+        return raw
 
     def read_into(self, tid: int, out: np.ndarray) -> np.ndarray:
         """Fill ``out`` with a tensor's stored bytes and return it viewed with the stored dtype
@@ -564,9 +570,7 @@ class TraceReader:
             flat = out.reshape(-1).view(np.uint8)
             flat[:] = self._decoded(info, verify=False).reshape(-1).view(np.uint8)
             return flat.view(storage).reshape(info.shape)
-        if info.offset + info.nbytes > self._heap.shape[0]:
-            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
-                                   path=self.path)
+        self._check_extent(info, info.nbytes)
         flat = out.reshape(-1).view(np.uint8)
         if info.nbytes and (self._direct is None
                             or not self._direct.read_into(info.offset, flat)):
@@ -576,14 +580,7 @@ class TraceReader:
     def _decoded(self, info: TensorInfo, *, verify: bool) -> np.ndarray:
         """The stored (undecoded) values of an encoded tensor, in its recorded shape."""
         tid = info.id
-        if info.offset + info.nbytes > self._heap.shape[0]:
-            raise TraceFormatError(f"tensor {tid} points past the end of /{HEAP} (file truncated?)",
-                                   path=self.path)
-        raw = self._read_heap(info.offset, info.offset + info.nbytes)
-        if verify and zlib.crc32(raw) != info.crc32:
-            raise IntegrityError(
-                f"tensor {tid}: checksum mismatch in /{HEAP}[{info.offset}:{info.offset + info.nbytes}]",
-                path=self.path)
+        raw = self._stored(info, 0, info.nbytes, verify=verify)
         dt = dtype_info(info.dtype)
         storage = np.dtype(dt.storage)
         try:
@@ -591,9 +588,9 @@ class TraceReader:
                                 tid=tid)
         except TraceFormatError as exc:
             raise TraceFormatError(exc.message, path=self.path) from None
-        if info.encoding != ENCODINGS[enc.code]:
+        if info.encoding != enc.name:
             raise TraceFormatError(f"tensor {tid}: flags say {info.encoding}, payload says "
-                                   f"{ENCODINGS[enc.code]}", path=self.path)
+                                   f"{enc.name}", path=self.path)
         if isinstance(enc, ZeroRows):
             return enc.decode(info.shape, storage)
         base = self.tensor(enc.base)

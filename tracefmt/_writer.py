@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ._dtypes import decode_values, dtype_info, encode_values
-from ._encoding import FLAG_OF, parse_encoded
+from ._encoding import parse_encoded
 from ._errors import TraceFormatError, TraceWriteError, UsageError
 from ._layout import (
     BATCH_STAT_COLUMNS,
@@ -181,7 +181,7 @@ class TraceWriter:
                                     tid=self.n_tensors)
             except TraceFormatError as exc:
                 raise UsageError(f"bad encoded payload: {exc.message}") from None
-            flags |= FLAG_OF[enc.code]
+            flags |= enc.flag
             nbytes = raw.size
             offset = self._heap_len + self._staged_heap_bytes
             crc = zlib.crc32(raw) if crc32 is None else int(crc32)
