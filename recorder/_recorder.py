@@ -28,6 +28,7 @@ from tracefmt import EventKind
 from ._capture import TensorCapture
 from ._ctor import derive_constructor_args
 from ._derive import dropout_p
+from ._gc import freeze_heap, thaw_heap
 from ._sink import WriterThread
 from ._state import autocast_state, environment
 from ._torchio import dtype_name, supported
@@ -102,19 +103,25 @@ class _GradCollector:
     will execute (the loss itself, when ``backward()`` starts from it, is such a root), and
     a gradient can come from a node's post-hook (an input the module modified in place).
     Slots whose node does not run in this backward report None.
+
+    Its hooks and the autograd nodes it watches form a cycle through C++ that Python's
+    collector cannot see: ``release`` breaks it, or every call's collector, frame and
+    tensors would stay alive for the rest of the process (and every full collection would
+    walk them all).
     """
 
     def __init__(self, n: int, on_done: Callable[[list[torch.Tensor | None]], None]) -> None:
         self._n = n
-        self._on_done = on_done
+        self._on_done: Callable[[list[torch.Tensor | None]], None] | None = on_done
         self._nodes: dict[int, Any] = {}
         self._tasks: dict[int, tuple[set[int], list[torch.Tensor | None]]] = {}
+        self._handles: list[Any] = []
         self._lock = threading.Lock()
 
     def watch_tensor(self, slot: int, t: torch.Tensor) -> None:
         """Report ``t``'s gradient (w.r.t. its value now, even if modified in place later)."""
         self._nodes[slot] = torch.autograd.graph._get_grad_fn_or_grad_acc(t)
-        t.register_hook(lambda grad, s=slot: self._fire(s, grad))
+        self._handles.append(t.register_hook(lambda grad, s=slot: self._fire(s, grad)))
 
     def watch_node(self, slot: int, node: Any,
                    pick: Callable[[tuple[torch.Tensor | None, ...]], torch.Tensor | None]) -> None:
@@ -124,7 +131,16 @@ class _GradCollector:
         def post(grad_inputs: Any, grad_outputs: Any, s: int = slot) -> None:
             self._fire(s, pick(grad_inputs))
 
-        node.register_hook(post)
+        self._handles.append(node.register_hook(post))
+
+    def release(self) -> None:
+        """Remove the hooks and forget the nodes; later gradients are not reported."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._nodes.clear()
+        self._tasks.clear()
+        self._on_done = None
 
     def _fire(self, slot: int, grad: torch.Tensor | None) -> None:
         task = torch._C._current_graph_task_id()
@@ -140,7 +156,9 @@ class _GradCollector:
             if expected:
                 return
             del self._tasks[task]
-        self._on_done(grads)
+            on_done = self._on_done
+        if on_done is not None:
+            on_done(grads)
 
 
 def _is_tensor(x: Any) -> bool:
@@ -213,6 +231,10 @@ class Recorder:
         self._total_module_calls: dict[str, int] = defaultdict(int)
         self._recomputes: dict[str, int] = defaultdict(int)  # this backward's, by module path
         self._pending_bwd: list[tuple[_Frame, dict[str, Any]]] = []
+        # collectors still hooked: this step's, and the previous step's that never reported
+        # (their backward may still come, e.g. after a step() in the middle of accumulation)
+        self._collectors: list[tuple[_Frame, _GradCollector]] = []
+        self._stale_collectors: list[tuple[_Frame, _GradCollector]] = []
         self._bwd_flush_queued = False
         self._bwd_order = 0
         self._since_flush = 0
@@ -222,6 +244,7 @@ class Recorder:
         self._grads_partial = False
         self._closed = False
         self._start()
+        self._froze_heap = freeze_heap()
         if on_progress:  # hands the recorder over before the first call, e.g. for Ctrl-C reports
             on_progress(self)
 
@@ -347,6 +370,7 @@ class Recorder:
         self._recomputes.clear()
         self._capture.flush_stats()
         self._sink.flush(wait=False)
+        self._release_collectors()
         self._since_flush = 0
         self.step_index += 1
         self._step_started = False
@@ -488,6 +512,7 @@ class Recorder:
         collector = _GradCollector(
             n_out + len(frame.aliases),
             lambda grads, f=frame: self._emit_backward(f, grads[:n_out], grads[n_out:]))
+        self._collectors.append((frame, collector))
         for slot, t in enumerate(outs):
             collector.watch_tensor(slot, t)
         for slot, a in enumerate(frame.aliases, start=n_out):
@@ -554,6 +579,18 @@ class Recorder:
                                  call=frame.call, module=self._module_index[frame.module])
         self._recomputes.clear()
 
+    def _release_collectors(self) -> None:
+        """Unhook the collectors whose call reported, and those one step past it."""
+        for _, collector in self._stale_collectors:
+            collector.release()
+        keep = []
+        for frame, collector in self._collectors:
+            if frame.done:
+                collector.release()
+            else:
+                keep.append((frame, collector))
+        self._collectors, self._stale_collectors = [], keep
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -591,6 +628,12 @@ class Recorder:
             self._capture.flush_stats()
         finally:
             self._closed = True
+            for _, collector in self._collectors + self._stale_collectors:
+                collector.release()
+            self._collectors = self._stale_collectors = []
+            if self._froze_heap:
+                self._froze_heap = False
+                thaw_heap()
             self._sink.close(complete=complete)
 
     def __enter__(self) -> Recorder:

@@ -7,6 +7,7 @@ in a separate run, a re-run of each recorded leaf call, or gradients computed by
 from __future__ import annotations
 
 import cProfile
+import gc
 import inspect
 import subprocess
 import sys
@@ -1148,6 +1149,59 @@ class TestDedup:
             for tid in [*c.tensors().values(), *c.grad_tensors().values()]
         )
         assert r.bytes_stored < 0.75 * naive
+
+
+class TestRecorderStep:
+    """A step's bookkeeping is let go at the next step, not kept for the whole recording."""
+
+    @staticmethod
+    def _live(kind: str) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o).__name__ == kind)
+
+    def test_past_steps_leave_no_collectors_behind(self, tmp_path: Path) -> None:
+        """Live gradient collectors stay at one step's worth however many steps are recorded."""
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        alive = []
+        with recorder.record(model, tmp_path / "t.h5") as rec:
+            for _ in range(6):
+                rec.backward(model(torch.randn(3, 4)).square().sum())
+                rec.step()
+                alive.append(self._live("_GradCollector"))
+        assert max(alive) <= 4  # the calls of at most one step (root and three children)
+        assert self._live("_Frame") == 0
+
+    def test_a_backward_after_step_is_still_recorded(self, tmp_path: Path) -> None:
+        """A call whose backward comes after ``step()`` keeps its hooks until it reports."""
+        model = nn.Linear(4, 2)
+        with recorder.record(model, tmp_path / "t.h5") as rec:
+            loss = model(torch.randn(3, 4)).sum()
+            rec.step()
+            loss.backward()
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert [c for c in r.calls() if c.backward is not None]
+
+
+class TestRecordHeapFreeze:
+    """Objects older than the recording are kept out of the cyclic collector's passes."""
+
+    def test_the_heap_is_frozen_while_recording_only(self, tmp_path: Path) -> None:
+        """gc.freeze() holds from record() to close(), then everything is unfrozen."""
+        assert gc.get_freeze_count() == 0
+        with recorder.record(nn.Linear(2, 2), tmp_path / "t.h5"):
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+
+    def test_a_process_that_froze_its_heap_is_left_alone(self, tmp_path: Path) -> None:
+        """Objects the program froze itself stay frozen after the recording."""
+        gc.freeze()
+        try:
+            frozen = gc.get_freeze_count()
+            with recorder.record(nn.Linear(2, 2), tmp_path / "t.h5"):
+                pass
+            assert gc.get_freeze_count() == frozen
+        finally:
+            gc.unfreeze()
 
 
 class TestEncodedPayloads:
