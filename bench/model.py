@@ -36,7 +36,9 @@ class BenchConfig:
 
 
 # tiny: a smoke test; small: the CPU default (about 1 s a step on 2 cores); medium: the GPU model's shape at a
-# CPU-sized batch; gpu: the reference step (12 layers, d=512, 32x128, vocab 16k).
+# CPU-sized batch; gpu: the reference step (12 layers, d=512, 32x128, vocab 16k);
+# skeleton: the gpu model's 211 module calls at toy width, so a step is the recorder's per-call
+# Python cost with next to no compute.
 SIZES: dict[str, BenchConfig] = {
     "tiny": BenchConfig(vocab=512, d_model=64, n_heads=4, d_ff=128, n_enc=1, n_dec=1,
                         batch=4, seq=16),
@@ -46,6 +48,8 @@ SIZES: dict[str, BenchConfig] = {
                           batch=4, seq=128),
     "gpu": BenchConfig(vocab=16000, d_model=512, n_heads=8, d_ff=2048, n_enc=0, n_dec=12,
                        batch=32, seq=128),
+    "skeleton": BenchConfig(vocab=64, d_model=16, n_heads=4, d_ff=32, n_enc=0, n_dec=12,
+                            batch=2, seq=8),
 }
 
 

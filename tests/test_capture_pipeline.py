@@ -7,6 +7,7 @@ file before a tensor it names); a failure on either thread must stop the recordi
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -131,6 +132,21 @@ class TestWriterThreadOrder:
         with tracefmt.open_trace(tmp_path / "t.h5") as r:
             assert r.tensor(0).crc32 == zlib.crc32(values.tobytes())
             r.verify_tensor(0)
+
+
+class TestWriterThreadPutTensor:
+    def test_a_full_budget_hands_over_what_waits_to_be_sent(self, tmp_path: Path) -> None:
+        """A put over the memory budget sends the items batched before it, so it can return."""
+        sink = WriterThread(_writer(tmp_path / "t.h5"), budget_bytes=1 << 20)
+        values = np.zeros(150_000, dtype=np.float32)  # 600 KB: two are over the budget
+        puts = threading.Thread(daemon=True, target=lambda: [
+            sink.put_tensor(_item(sink.next_tensor_id(), values)) for _ in range(3)])
+        puts.start()
+        puts.join(timeout=20)
+        assert not puts.is_alive(), "put_tensor waited for items it had not handed over"
+        sink.close(complete=True)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r.n_tensors == 3
 
 
 class TestWriterThreadFailure:
