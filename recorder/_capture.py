@@ -14,17 +14,63 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+
+import tracefmt
 
 from ._derive import Derivation, SharedSnapshot
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
-from ._summary import device_summary, summary_vector, unpack_summary
+from ._summary import device_summary, summary_vector, unpack_many, unpack_summary
 from ._torchio import dtype_name, to_numpy
 
 __all__ = ["TensorCapture"]
+
+
+class _SummaryBatch:
+    """The Triton summaries of one stats flush, unpacked together on first use."""
+
+    def __init__(self, many: Callable[..., list[tracefmt.TensorSummary]],
+                 pending: list[_PendingSummary]) -> None:
+        self._many = many
+        self._pending = pending
+        self._summaries: list[tracefmt.TensorSummary] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def share(cls, many: Callable[..., list[tracefmt.TensorSummary]],
+              pending: list[_PendingSummary]) -> None:
+        batch = cls(many, pending)
+        for i, p in enumerate(pending):
+            p.batch, p.index = batch, i
+
+    def get(self, i: int) -> tracefmt.TensorSummary:
+        with self._lock:
+            if self._summaries is None:
+                self._summaries = self._many([p.raw for p in self._pending],
+                                             [p.unpack for p in self._pending])
+                self._pending = []
+            return self._summaries[i]
+
+
+class _PendingSummary:
+    """A stats-mode summary on its way from the device: vector, then host copy, then summary."""
+
+    def __init__(self, vec: torch.Tensor, unpack: Callable[[np.ndarray], tracefmt.TensorSummary]) -> None:
+        self.vec: torch.Tensor | None = vec
+        self.unpack = unpack
+        self.raw: np.ndarray | None = None
+        self.batch: _SummaryBatch | None = None
+        self.index = 0
+
+    def summary(self) -> tracefmt.TensorSummary:
+        if self.batch is not None:
+            return self.batch.get(self.index)
+        return self.unpack(self.raw)
 
 
 class TensorCapture:
@@ -36,7 +82,7 @@ class TensorCapture:
         self._pool = HostBufferPool(max_cached_bytes=pool_bytes)
         self._seen: dict[tuple, tuple[weakref.ref, int]] = {}
         self._side_streams: dict[torch.device, Any] = {}
-        self._pending_stats: list[tuple[torch.Tensor, list[Any]]] = []
+        self._pending_stats: list[_PendingSummary] = []
         self._stats_ready = threading.Event()
         self._alive: list[torch.Tensor] = []
         self._shared: dict[int, SharedSnapshot] = {}  # this step's full-mode snapshots by id
@@ -171,10 +217,9 @@ class TensorCapture:
         and a full budget would then wait for a step end that cannot come.
         """
         vec, unpack = device_summary(t)
-        holder: list[Any] = [None]
-        self._pending_stats.append((vec, holder))
-        self.sink.put_tensor(self._item(t, tid, 0, data=lambda: None,
-                                        summary=lambda h=holder: unpack(h[0]),
+        pending = _PendingSummary(vec, unpack)
+        self._pending_stats.append(pending)
+        self.sink.put_tensor(self._item(t, tid, 0, data=lambda: None, summary=pending.summary,
                                         ready=self._stats_ready.wait))
 
     def flush_stats(self) -> None:
@@ -183,19 +228,28 @@ class TensorCapture:
             return
         # device vectors in one transfer per device; host ones (CPU tensors summarised while
         # device summaries were pending) as they are: moving them over would sync per vector
-        by_device: dict[torch.device, list[tuple[torch.Tensor, list[Any]]]] = {}
-        for vec, holder in self._pending_stats:
-            if vec.device.type == "cpu":
-                holder[0] = vec.numpy()
+        by_device: dict[torch.device, list[_PendingSummary]] = {}
+        for p in self._pending_stats:
+            if p.vec.device.type == "cpu":
+                p.raw = p.vec.numpy()
             else:
-                by_device.setdefault(vec.device, []).append((vec, holder))
+                by_device.setdefault(p.vec.device, []).append(p)
         for pending in by_device.values():
-            host = torch.cat([v.reshape(-1) for v, _ in pending]).cpu().numpy()
+            host = torch.cat([p.vec.reshape(-1) for p in pending]).cpu().numpy()
             pos = 0
-            for vec, holder in pending:
-                n = int(vec.numel())
-                holder[0] = host[pos:pos + n]
+            for p in pending:
+                n = int(p.vec.numel())
+                p.raw = host[pos:pos + n]
                 pos += n
+        groups: dict[Any, list[_PendingSummary]] = {}
+        for p in self._pending_stats:
+            many = unpack_many(p.unpack)
+            if many is not None:
+                groups.setdefault(many, []).append(p)
+        for many, group in groups.items():
+            _SummaryBatch.share(many, group)
+        for p in self._pending_stats:
+            p.vec = None
         self._pending_stats.clear()
         self._stats_ready.set()
         self._stats_ready = threading.Event()

@@ -27,7 +27,7 @@ import triton.language as tl
 import tracefmt
 from tracefmt import HIST_BINS
 
-__all__ = ["SUPPORTED", "raw_summary", "unpack_raw"]
+__all__ = ["SUPPORTED", "raw_summary", "unpack_raw", "unpack_raw_many"]
 
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_BATCH = 4096
@@ -150,26 +150,53 @@ def raw_summary(t: torch.Tensor) -> torch.Tensor:
 
 def unpack_raw(raw: np.ndarray, shape: tuple[int, ...]) -> tracefmt.TensorSummary:
     """A host copy of ``raw_summary``'s vector, for a tensor of ``shape``, as a TensorSummary."""
-    count = int(np.prod(shape, dtype=np.int64))
-    g = raw[:_GLOBAL]
-    hist = tuple(raw[_GLOBAL:_GLOBAL + HIST_BINS].astype(np.int64).tolist())
-    rows = raw[_HEAD:].reshape(-1, _ROW)
-    nan, posinf, neginf = (int(rows[:, i].sum()) for i in (5, 6, 7))
-    finite = count - nan - posinf - neginf
-    if finite:
-        shift_mean = g[2] / finite
-        mean = g[4] + shift_mean
-        std = math.sqrt(max(g[3] / finite - shift_mean * shift_mean, 0.0))
-        lo, hi = float(g[0]), float(g[1])
-    else:
-        mean = std = lo = hi = math.nan
-    batch = np.zeros((0, 4))
-    if len(shape) and shape[0]:
-        r = rows[:min(shape[0], _MAX_BATCH)]
-        empty = r[:, 0] > r[:, 1]  # no finite element: min stayed +inf
-        max_abs = np.where(empty, 0.0, np.maximum(np.abs(r[:, 0]), np.abs(r[:, 1])))
-        batch = np.stack([np.sqrt(r[:, 3]), max_abs, r[:, 5] + r[:, 6] + r[:, 7], r[:, 4]], axis=1)
-    return tracefmt.TensorSummary(
-        count=count, min=lo, max=hi, mean=mean, std=std, nan=nan, posinf=posinf,
-        neginf=neginf, zeros=int(rows[:, 4].sum()), hist=hist, batch=batch,
-    )
+    return unpack_raw_many([raw], [shape])[0]
+
+
+def unpack_raw_many(raws: list[np.ndarray], shapes: list[tuple[int, ...]]
+                    ) -> list[tracefmt.TensorSummary]:
+    """``unpack_raw`` of many vectors at once: stats mode unpacks a step's in one go.
+
+    Per vector the work is a handful of numpy calls on a few hundred values, so one call per
+    tensor cost more in call overhead (and in the GIL the training thread waits for) than in
+    arithmetic; here every reduction runs once over all of them.
+    """
+    if not raws:
+        return []
+    n = len(raws)
+    heads = np.stack([r[:_HEAD] for r in raws])
+    rows = [r[_HEAD:].reshape(-1, _ROW) for r in raws]
+    n_rows = np.array([len(r) for r in rows])
+    starts = np.concatenate([[0], np.cumsum(n_rows)[:-1]])
+    all_rows = np.concatenate(rows)
+    row_sums = np.add.reduceat(all_rows[:, 4:8], starts, axis=0)  # zeros, nan, +inf, -inf
+    zeros, nan, posinf, neginf = (row_sums[:, i].astype(np.int64) for i in range(4))
+    counts = np.array([math.prod(s) for s in shapes], dtype=np.int64)
+    finite = counts - nan - posinf - neginf
+    safe = np.maximum(finite, 1)
+    shift_mean = heads[:, 2] / safe
+    with np.errstate(invalid="ignore"):
+        means = np.where(finite > 0, heads[:, 4] + shift_mean, np.nan)
+        stds = np.where(finite > 0, np.sqrt(np.maximum(heads[:, 3] / safe - shift_mean ** 2, 0.0)),
+                        np.nan)
+    lows = np.where(finite > 0, heads[:, 0], np.nan)
+    highs = np.where(finite > 0, heads[:, 1], np.nan)
+    hists = heads[:, _GLOBAL:_GLOBAL + HIST_BINS].astype(np.int64).tolist()
+    empty = all_rows[:, 0] > all_rows[:, 1]  # no finite element: min stayed +inf
+    max_abs = np.where(empty, 0.0, np.maximum(np.abs(all_rows[:, 0]), np.abs(all_rows[:, 1])))
+    batch_all = np.stack([np.sqrt(all_rows[:, 3]), max_abs,
+                          all_rows[:, 5] + all_rows[:, 6] + all_rows[:, 7], all_rows[:, 4]], axis=1)
+    out = []
+    for i in range(n):
+        shape = shapes[i]
+        if len(shape) and shape[0]:
+            start = int(starts[i])
+            batch = batch_all[start:start + min(shape[0], _MAX_BATCH)]
+        else:
+            batch = np.zeros((0, 4))
+        out.append(tracefmt.TensorSummary(
+            count=int(counts[i]), min=float(lows[i]), max=float(highs[i]), mean=float(means[i]),
+            std=float(stds[i]), nan=int(nan[i]), posinf=int(posinf[i]), neginf=int(neginf[i]),
+            zeros=int(zeros[i]), hist=tuple(hists[i]), batch=batch,
+        ))
+    return out

@@ -14,6 +14,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,7 +179,7 @@ def _scratch(f: torch.Tensor) -> torch.Tensor | None:
     return buf[:nbytes].view(f.dtype).view(f.shape)
 
 
-_triton_state: dict[str, object] = {}
+_triton_state: dict[str, Any] = {}
 
 
 def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray], tracefmt.TensorSummary]]:
@@ -192,6 +193,7 @@ def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray]
         try:
             from . import _device_summary as kernels
 
+            _triton_state["kernels"] = kernels
             if t.dtype in kernels.SUPPORTED:
                 return kernels.raw_summary(t), partial(kernels.unpack_raw, shape=tuple(t.shape))
         except Exception as exc:  # noqa: BLE001 - any build or launch failure: the torch path
@@ -199,6 +201,24 @@ def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray]
             warnings.warn(f"tensortrace: Triton device summaries unavailable ({exc}); "
                           "summarising with torch, one host sync per tensor", stacklevel=2)
     return summary_vector(t), unpack_summary
+
+
+_Unpack = Callable[[np.ndarray], tracefmt.TensorSummary]
+_UnpackMany = Callable[[list[np.ndarray], list[_Unpack]], list[tracefmt.TensorSummary]]
+
+
+def unpack_many(unpack: _Unpack) -> _UnpackMany | None:
+    """For an unpack function from ``device_summary``, one that unpacks many vectors of its
+    kind in one go (given theirs); None where there is none (the torch path)."""
+    kernels = _triton_state.get("kernels")
+    if kernels is not None and isinstance(unpack, partial) and unpack.func is kernels.unpack_raw:
+        return _unpack_raw_many
+    return None
+
+
+def _unpack_raw_many(raws: list[np.ndarray], unpacks: list[_Unpack]) -> list[tracefmt.TensorSummary]:
+    kernels = _triton_state["kernels"]
+    return kernels.unpack_raw_many(raws, [u.keywords["shape"] for u in unpacks])
 
 
 def unpack_summary(vec: np.ndarray) -> tracefmt.TensorSummary:

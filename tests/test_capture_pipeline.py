@@ -181,14 +181,15 @@ class TestRecorderFlush:
 class TestTensorCaptureStatsBehindDevice:
     def test_cpu_tensor_behind_pending_device_summaries_is_summarised_at_once(self) -> None:
         """In stats mode a CPU tensor queued behind device summaries holds no host copy."""
-        from recorder._capture import TensorCapture
+        from recorder._capture import TensorCapture, _PendingSummary
 
         sink = ListSink()
         items = sink.items
         capture = TensorCapture(sink, mode="stats")  # type: ignore[arg-type]
         capture.capture(torch.ones(256))
         assert items[-1].nbytes == 1024  # nothing pending: copied, summarised on the thread
-        capture._pending_stats.append((torch.zeros(1), [None]))  # as a CUDA tensor leaves it
+        # as a CUDA tensor leaves it
+        capture._pending_stats.append(_PendingSummary(torch.zeros(1), lambda raw: None))
         capture.capture(torch.ones(512))
         assert items[-1].nbytes == 0
         capture.flush_stats()

@@ -51,6 +51,19 @@ class TestRawSummary:
         assert_summary_close(got, _reference(t.contiguous()), "transposed")
 
 
+class TestUnpackRawMany:
+    def test_each_summary_is_its_own_tensors(self) -> None:
+        """Unpacked together, vectors of different row counts each match their reference."""
+        from recorder._device_summary import raw_summary, unpack_raw_many
+
+        names = [n for n in CASES if CASES[n].numel()]
+        got = unpack_raw_many([raw_summary(CASES[n]).numpy() for n in names],
+                              [tuple(CASES[n].shape) for n in names])
+        assert len(got) == len(names)
+        for name, summary in zip(names, got, strict=True):
+            assert_summary_close(summary, _reference(CASES[name]), name)
+
+
 class TestDeviceSummary:
     def test_cpu_tensors_take_the_torch_path(self) -> None:
         """Without CUDA the torch formulation is used and unpacked by its own function."""
@@ -78,9 +91,16 @@ class TestStatsPlumbing:
         from functools import partial
 
         import recorder._capture as capture_module
+        import recorder._device_summary as kernels
+        import recorder._summary as summary_module
         from recorder._device_summary import raw_summary, unpack_raw
         monkeypatch.setattr(capture_module, "device_summary", lambda t: (
             raw_summary(t), partial(unpack_raw, shape=tuple(t.shape))))
+        monkeypatch.setitem(summary_module._triton_state, "kernels", kernels)
+        unpacked: list[int] = []
+        many = kernels.unpack_raw_many
+        monkeypatch.setattr(kernels, "unpack_raw_many",
+                            lambda raws, shapes: unpacked.append(len(raws)) or many(raws, shapes))
         sink = ListSink()
         capture = capture_module.TensorCapture(sink, mode="stats")  # type: ignore[arg-type]
         tensors = [CASES["randn"], CASES["nonfinite"], CASES["bfloat16"]]
@@ -89,6 +109,7 @@ class TestStatsPlumbing:
         capture.flush_stats()
         for item, t in zip(sink.items, tensors, strict=True):
             assert_summary_close(item.summary(), _reference(t), str(t.dtype))
+        assert unpacked == [3]  # the flush's summaries unpacked in one go
 
 
 class TestStatsRecordingThroughTheKernels:
@@ -112,6 +133,9 @@ class TestStatsRecordingThroughTheKernels:
             return summary_vector(t), unpack_summary
 
         monkeypatch.setattr(capture_module, "device_summary", kernels_or_torch)
+        import recorder._device_summary as kernels
+        import recorder._summary as summary_module
+        monkeypatch.setitem(summary_module._triton_state, "kernels", kernels)
         monkeypatch.setattr(capture_module.TensorCapture, "_queue_cpu",
                             lambda self, t, tid, nbytes, dropout_of=None: self._queue_stats(t, tid))
         path = tmp_path / "stats.h5"
