@@ -25,10 +25,14 @@ import tracefmt
 from ._derive import Derivation, SharedSnapshot
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
-from ._summary import device_summary, summary_vector, unpack_many, unpack_summary
+from ._summary import device_summaries, device_summary, summary_vector, unpack_many, unpack_summary
 from ._torchio import dtype_name, to_numpy
 
 __all__ = ["TensorCapture"]
+
+
+def _summarised_on_device(t: torch.Tensor) -> bool:
+    return t.is_cuda
 
 
 class _SummaryBatch:
@@ -108,24 +112,10 @@ class TensorCapture:
         a dropout of probability ``p``: it is then stored as a mask against it when that
         reproduces it exactly (``_derive``).
         """
-        original = t
-        t = t.detach() if t.requires_grad else t
-        nbytes = t.numel() * t.element_size()
-        self.bytes_referenced += nbytes
-        key = (
-            t.untyped_storage().data_ptr() if t.numel() else id(t),
-            t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device,
-            t._version, persistent,
-        )
-        hit = self._seen.get(key)
-        if hit is not None and hit[0]() is not None:
-            self.deduplicated += 1
-            return hit[1]
-        tid = self.sink.next_tensor_id()
-        self._seen[key] = (weakref.ref(original), tid)
-        if not persistent:
-            self._alive.append(original)
-        self.captured += 1
+        tid, fresh, nbytes = self._identify(t, persistent)
+        if fresh is None:
+            return tid
+        t = fresh
         if t.is_cuda:
             if self.mode == "stats":
                 self._queue_stats(t, tid)
@@ -138,6 +128,52 @@ class TensorCapture:
         else:
             self._queue_other(t, tid, nbytes)
         return tid
+
+    def capture_many(self, tensors: list[torch.Tensor], *, persistent: bool = False) -> list[int]:
+        """``capture`` of each tensor; in stats mode CUDA tensors of one shape are summarised
+        together (a model's parameters and gradients: a few shapes, dozens of each)."""
+        if self.mode != "stats" or not any(_summarised_on_device(t) for t in tensors):
+            return [self.capture(t, persistent=persistent) for t in tensors]
+        tids, new = [], []
+        for t in tensors:
+            if not _summarised_on_device(t):  # ids in put order: the batch so far goes first
+                self._queue_new_stats(new)
+                new = []
+                tids.append(self.capture(t, persistent=persistent))
+                continue
+            tid, fresh, _ = self._identify(t, persistent)
+            tids.append(tid)
+            if fresh is not None:
+                new.append((fresh, tid))
+        self._queue_new_stats(new)
+        return tids
+
+    def _queue_new_stats(self, new: list[tuple[torch.Tensor, int]]) -> None:
+        for (t, tid), (vec, unpack) in zip(new, device_summaries([t for t, _ in new]), strict=True):
+            self._queue_stats(t, tid, (vec, unpack))
+
+    def _identify(self, t: torch.Tensor, persistent: bool) -> tuple[int, torch.Tensor | None, int]:
+        """The tensor id of ``t``: (id, None, 0) if already recorded, else a new id with the
+        detached tensor and its byte count, to be queued in id order."""
+        original = t
+        t = t.detach() if t.requires_grad else t
+        nbytes = t.numel() * t.element_size()
+        self.bytes_referenced += nbytes
+        key = (
+            t.untyped_storage().data_ptr() if t.numel() else id(t),
+            t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device,
+            t._version, persistent,
+        )
+        hit = self._seen.get(key)
+        if hit is not None and hit[0]() is not None:
+            self.deduplicated += 1
+            return hit[1], None, 0
+        tid = self.sink.next_tensor_id()
+        self._seen[key] = (weakref.ref(original), tid)
+        if not persistent:
+            self._alive.append(original)
+        self.captured += 1
+        return tid, t, nbytes
 
     def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int,
                    dropout_of: tuple[int, float] | None = None) -> None:
@@ -209,14 +245,16 @@ class TensorCapture:
         self._share(tid, shared, item, dropout_of)
         self.sink.put_tensor(item)
 
-    def _queue_stats(self, t: torch.Tensor, tid: int) -> None:
+    def _queue_stats(self, t: torch.Tensor, tid: int,
+                     summarised: tuple[torch.Tensor, Callable[[np.ndarray], tracefmt.TensorSummary]]
+                     | None = None) -> None:
         """Stats mode on a device: the summary is computed there now, fetched at ``flush_stats``.
 
         CPU tensors come here too while device summaries wait for the step's end: queued
         behind those, a host copy would count against the memory budget until the step ends,
         and a full budget would then wait for a step end that cannot come.
         """
-        vec, unpack = device_summary(t)
+        vec, unpack = summarised if summarised is not None else device_summary(t)
         pending = _PendingSummary(vec, unpack)
         self._pending_stats.append(pending)
         self.sink.put_tensor(self._item(t, tid, 0, data=lambda: None, summary=pending.summary,

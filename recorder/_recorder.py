@@ -324,12 +324,18 @@ class Recorder:
             return
         self._step_started = True
         self._capture.new_step()
-        params = {n: self._capture.capture(p, persistent=True)
-                  for n, p in self.model.named_parameters() if supported(p)}
-        buffers = {n: self._capture.capture(b, persistent=True)
-                   for n, b in self.model.named_buffers() if supported(b)}
+        params = self._capture_named(self.model.named_parameters(), persistent=True)
+        buffers = self._capture_named(self.model.named_buffers(), persistent=True)
         self._sink.put_event(EventKind.STEP, {"step": self.step_index, "params": params,
                                               "buffers": buffers}, step=self.step_index)
+
+    def _capture_named(self, named: Iterator[tuple[str, torch.Tensor]], *,
+                       persistent: bool = False) -> dict[str, int]:
+        """Tensor ids by name, for the recordable ones; captured together (one launch per
+        shape for device summaries in stats mode)."""
+        kept = [(n, t) for n, t in named if supported(t)]
+        ids = self._capture.capture_many([t for _, t in kept], persistent=persistent)
+        return dict(zip((n for n, _ in kept), ids, strict=True))
 
     def backward(self, loss: torch.Tensor) -> None:
         """Call backward on ``loss`` times the recording's grad scale, and remember the loss.
@@ -356,8 +362,8 @@ class Recorder:
         if not self._step_started or self._grads_recorded:
             return
         self._grads_recorded = True
-        grads = {n: self._capture.capture(p.grad) for n, p in self.model.named_parameters()
-                 if p.grad is not None and supported(p.grad)}
+        grads = self._capture_named(((n, p.grad) for n, p in self.model.named_parameters()
+                                     if p.grad is not None))
         self._sink.put_event(EventKind.PARAM_GRADS, {"step": self.step_index, "grads": grads,
                                                      "loss": self._loss}, step=self.step_index)
 

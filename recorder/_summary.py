@@ -189,18 +189,51 @@ def device_summary(t: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray]
     (three launches, no host sync); anything else, or a machine where those kernels do not
     build, uses ``summary_vector``. The first failure is warned about once.
     """
-    if t.is_cuda and t.numel() and not _triton_state.get("failed"):
+    kernels = _kernels() if t.is_cuda and t.numel() else None
+    if kernels is not None and t.dtype in kernels.SUPPORTED:
         try:
-            from . import _device_summary as kernels
-
-            _triton_state["kernels"] = kernels
-            if t.dtype in kernels.SUPPORTED:
-                return kernels.raw_summary(t), partial(kernels.unpack_raw, shape=tuple(t.shape))
+            return kernels.raw_summary(t), partial(kernels.unpack_raw, shape=tuple(t.shape))
         except Exception as exc:  # noqa: BLE001 - any build or launch failure: the torch path
-            _triton_state["failed"] = exc
-            warnings.warn(f"tensortrace: Triton device summaries unavailable ({exc}); "
-                          "summarising with torch, one host sync per tensor", stacklevel=2)
+            _kernels_failed(exc)
     return summary_vector(t), unpack_summary
+
+
+def device_summaries(tensors: list[torch.Tensor]
+                     ) -> list[tuple[torch.Tensor, Callable[[np.ndarray], tracefmt.TensorSummary]]]:
+    """``device_summary`` of each tensor; CUDA tensors of one dtype and shape share launches
+    (``_device_summary.raw_summary_many``)."""
+    out: list[Any] = [None] * len(tensors)
+    batched = [i for i, t in enumerate(tensors) if t.is_cuda and t.numel()]
+    kernels = _kernels() if batched else None
+    if kernels is not None:
+        batched = [i for i in batched if tensors[i].dtype in kernels.SUPPORTED]
+        try:
+            vecs = kernels.raw_summary_many([tensors[i] for i in batched])
+        except Exception as exc:  # noqa: BLE001 - as in device_summary: the torch path
+            _kernels_failed(exc)
+        else:
+            for i, vec in zip(batched, vecs, strict=True):
+                out[i] = (vec, partial(kernels.unpack_raw, shape=tuple(tensors[i].shape)))
+    return [o if o is not None else device_summary(t) for o, t in zip(out, tensors, strict=True)]
+
+
+def _kernels() -> Any:
+    """The Triton kernels module, or None where they failed to build or launch before."""
+    if _triton_state.get("failed"):
+        return None
+    try:
+        from . import _device_summary as kernels
+    except Exception as exc:  # noqa: BLE001 - no triton, or it fails to import
+        _kernels_failed(exc)
+        return None
+    _triton_state["kernels"] = kernels
+    return kernels
+
+
+def _kernels_failed(exc: BaseException) -> None:
+    _triton_state["failed"] = exc
+    warnings.warn(f"tensortrace: Triton device summaries unavailable ({exc}); "
+                  "summarising with torch, one host sync per tensor", stacklevel=3)
 
 
 _Unpack = Callable[[np.ndarray], tracefmt.TensorSummary]

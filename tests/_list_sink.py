@@ -6,13 +6,16 @@ from recorder._sink import TensorItem
 
 
 class ListSink:
-    """Collects TensorItems in ``items``; tensor ids are their positions."""
+    """Collects TensorItems in ``items``; tensor ids count up, as the writer thread's do,
+    so they are the items' positions when puts come in id order."""
 
     def __init__(self) -> None:
         self.items: list[TensorItem] = []
+        self._next = 0
 
     def next_tensor_id(self) -> int:
-        return len(self.items)
+        self._next += 1
+        return self._next - 1
 
     def put_tensor(self, item: TensorItem) -> None:
         self.items.append(item)

@@ -90,6 +90,22 @@ class TestRecordOnCuda:
                     assert a.max == pytest.approx(b.max, rel=1e-5, abs=1e-9)
 
 
+    def test_stats_mode_weights_and_grads_match_full(self, tmp_path: Path, cuda_trace: Path) -> None:
+        """Parameters and their gradients, summarised a shape at a time, match full mode's."""
+        stats_path = tmp_path / "stats.h5"
+        opts = recorder.RecordOptions(mode="stats")
+        recorder.record_recipe(RECIPE, stats_path, steps=1, device="cuda", seed=0, options=opts)
+        with tracefmt.open_trace(stats_path) as s, tracefmt.open_trace(cuda_trace) as f:
+            for got, want in ((s.step_record(0).params, f.step_record(0).params),
+                              (s.param_grads(0).grads, f.param_grads(0).grads)):
+                assert got.keys() == want.keys() and len(got) > 10
+                for name in got:
+                    a, b = s.tensor(got[name]).summary, f.tensor(want[name]).summary
+                    assert a is not None and b is not None, name
+                    assert (a.count, a.nan, a.zeros) == (b.count, b.nan, b.zeros), name
+                    assert (a.min, a.max) == (b.min, b.max), name
+                    assert a.mean == pytest.approx(b.mean, rel=1e-4, abs=1e-7), name
+
     def test_stats_mode_with_cpu_tensors_behind_device_summaries_finishes(
             self, tmp_path: Path) -> None:
         """CPU tensors larger than the memory budget in a CUDA stats recording do not hang."""
@@ -142,6 +158,21 @@ class TestRecordOnCuda:
         t = summary_cases()[name]
         got = unpack_raw(raw_summary(t.cuda()).cpu().numpy(), tuple(t.shape))
         assert_summary_close(got, tracefmt.compute_summary(t.float().numpy()), name)
+
+
+    def test_compiled_stacked_kernels_match_the_reference(self) -> None:
+        """Same-shaped tensors summarised in one launch each get their own summary."""
+        from _summary_checks import assert_summary_close
+
+        from recorder._device_summary import raw_summary_many, unpack_raw
+
+        cases = summary_cases()
+        tensors = [cases["randn"], cases["randn"] * 3 + 1, cases["nonfinite"],
+                   cases["nonfinite"].flip(0), cases["rows-past-4096"], cases["bfloat16"]]
+        vecs = raw_summary_many([t.cuda() for t in tensors], max_stack_bytes=1 << 12)
+        for i, (t, vec) in enumerate(zip(tensors, vecs, strict=True)):
+            got = unpack_raw(vec.cpu().numpy(), tuple(t.shape))
+            assert_summary_close(got, tracefmt.compute_summary(t.float().numpy()), str(i))
 
 
 class TestReplayOnCuda:

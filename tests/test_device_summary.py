@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -49,6 +50,57 @@ class TestRawSummary:
         t = torch.randn(40, 6, generator=_G).t()
         got = unpack_raw(raw_summary(t).numpy(), tuple(t.shape))
         assert_summary_close(got, _reference(t.contiguous()), "transposed")
+
+
+class TestRawSummaryMany:
+    def test_same_shaped_tensors_each_get_their_own_summary(self) -> None:
+        """Stacked in one launch, every tensor's summary matches its own reference."""
+        from recorder._device_summary import raw_summary_many, unpack_raw
+
+        tensors = [CASES["randn"], CASES["randn"] * -2 + 5, CASES["randn"].transpose(0, 1),
+                   CASES["nonfinite"], CASES["nonfinite"].flip(1), CASES["0-d"], CASES["0-d"] + 1,
+                   CASES["bfloat16"], CASES["bfloat16"] * 2]
+        for i, (t, vec) in enumerate(zip(tensors, raw_summary_many(tensors), strict=True)):
+            got = unpack_raw(vec.numpy(), tuple(t.shape))
+            assert_summary_close(got, _reference(t.contiguous()), f"tensor {i}")
+
+    def test_stacks_split_at_the_byte_limit_give_the_same_summaries(self) -> None:
+        """A group larger than max_stack_bytes is summarised in parts, with the same result."""
+        from recorder._device_summary import raw_summary_many
+
+        tensors = [torch.randn(3, 5, generator=_G) for _ in range(5)]
+        whole = raw_summary_many(tensors)
+        parts = raw_summary_many(tensors, max_stack_bytes=2 * 3 * 5 * 4)
+        for a, b in zip(whole, parts, strict=True):
+            assert torch.equal(a, b)
+
+
+class TestTensorCaptureCaptureMany:
+    def test_ids_and_summaries_as_one_capture_each(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Batched device summaries keep put order, deduplicate, and match the reference."""
+        import recorder._capture as capture_module
+        import recorder._device_summary as kernels
+        import recorder._summary as summary_module
+
+        launches: list[int] = []
+
+        def device_summaries(ts: list[torch.Tensor]) -> list[tuple[torch.Tensor, object]]:
+            launches.append(len(ts))
+            return [(vec, partial(kernels.unpack_raw, shape=tuple(t.shape)))
+                    for t, vec in zip(ts, kernels.raw_summary_many(ts), strict=True)]
+
+        monkeypatch.setattr(capture_module, "_summarised_on_device", lambda t: True)
+        monkeypatch.setattr(capture_module, "device_summaries", device_summaries)
+        monkeypatch.setitem(summary_module._triton_state, "kernels", kernels)
+        sink = ListSink()
+        capture = capture_module.TensorCapture(sink, mode="stats")  # type: ignore[arg-type]
+        w = [torch.randn(4, 6, generator=_G) for _ in range(3)]
+        ids = capture.capture_many([w[0], w[1], w[0], w[2]], persistent=True)
+        assert ids == [0, 1, 0, 2] and launches == [3]
+        capture.flush_stats()
+        assert [item.tid for item in sink.items] == [0, 1, 2]
+        for item, t in zip(sink.items, [w[0], w[1], w[2]], strict=True):
+            assert_summary_close(item.summary(), _reference(t), f"tensor {item.tid}")
 
 
 class TestUnpackRawMany:
