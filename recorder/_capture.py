@@ -31,6 +31,13 @@ from ._torchio import dtype_name, to_numpy
 __all__ = ["TensorCapture"]
 
 
+def _current(key: tuple, t: torch.Tensor | None) -> bool:
+    """Whether a persistent key still names ``t`` as it is: alive, and not modified since
+    (versions only grow, so a weight's key from before an optimizer step never matches
+    again; kept, they piled up by the model's parameter count every step)."""
+    return t is not None and t._version == key[-2]
+
+
 def _summarised_on_device(t: torch.Tensor) -> bool:
     return t.is_cuda
 
@@ -100,7 +107,7 @@ class TensorCapture:
         Within a step every captured tensor is kept alive, so its memory cannot be recycled
         for another tensor that would then be mistaken for it; gradients especially die young.
         """
-        self._seen = {k: v for k, v in self._seen.items() if k[-1] and v[0]() is not None}
+        self._seen = {k: v for k, v in self._seen.items() if k[-1] and _current(k, v[0]())}
         self._alive.clear()
         self._shared.clear()
 

@@ -1171,6 +1171,27 @@ class TestRecorderStep:
         assert max(alive) <= 4  # the calls of at most one step (root and three children)
         assert self._live("_Frame") == 0
 
+    def test_identities_of_updated_weights_are_forgotten(self, tmp_path: Path) -> None:
+        """Dedup keys of weights the optimizer changed do not pile up step after step."""
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sizes = []
+        with recorder.record(model, tmp_path / "t.h5") as rec:
+            for _ in range(6):
+                rec.backward(model(torch.randn(3, 4)).square().sum())
+                rec.step()
+                opt.step()
+                opt.zero_grad()
+                sizes.append(len(rec._capture._seen))
+        assert sizes[-1] == sizes[1]
+
+    def test_unchanged_weights_keep_their_id_across_steps(self, tmp_path: Path) -> None:
+        """Weights no optimizer touched are stored once, however many steps name them."""
+        model = nn.Linear(4, 2)
+        record_model(tmp_path / "t.h5", model, lambda m, s: m(torch.randn(3, 4)).sum(), steps=3)
+        with tracefmt.open_trace(tmp_path / "t.h5") as r:
+            assert r.step_record(0).params == r.step_record(1).params == r.step_record(2).params
+
     def test_a_backward_after_step_is_still_recorded(self, tmp_path: Path) -> None:
         """A call whose backward comes after ``step()`` keeps its hooks until it reports."""
         model = nn.Linear(4, 2)
