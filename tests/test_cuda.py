@@ -102,8 +102,10 @@ class TestRecordOnCuda:
                 for name in got:
                     a, b = s.tensor(got[name]).summary, f.tensor(want[name]).summary
                     assert a is not None and b is not None, name
-                    assert (a.count, a.nan, a.zeros) == (b.count, b.nan, b.zeros), name
-                    assert (a.min, a.max) == (b.min, b.max), name
+                    assert (a.count, a.nan) == (b.count, b.nan), name
+                    # two runs: atomics in an embedding's backward may round differently
+                    assert a.min == pytest.approx(b.min, rel=1e-5, abs=1e-9), name
+                    assert a.max == pytest.approx(b.max, rel=1e-5, abs=1e-9), name
                     assert a.mean == pytest.approx(b.mean, rel=1e-4, abs=1e-7), name
 
     def test_stats_mode_with_cpu_tensors_behind_device_summaries_finishes(
