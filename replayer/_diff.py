@@ -26,7 +26,7 @@ import tracefmt
 
 from ._compare import TensorComparison, compare_tensors
 from ._report import CallResult, ReplayReport, StepResult
-from ._tolerance import ToleranceTable, parse_tolerance_overrides
+from ._tolerance import ToleranceTable, broadcast_term_sum, parse_tolerance_overrides
 
 __all__ = ["diff_traces", "load_map", "rename_path"]
 
@@ -170,6 +170,18 @@ class _Differ:
         vals = [v for v in vals if np.isfinite(v)]
         return max(vals) if vals else None
 
+    def _term_sum(self, grad_id: int, call_ids: Iterable[int]) -> float | None:
+        """``broadcast_term_sum`` of a parameter gradient over the grad outputs of its
+        module's calls in A; only those ending in the parameter's shape are read."""
+        reader = self.a.reader
+        shape = tuple(reader.tensor(grad_id).shape)
+        tids = [tid for c in call_ids if (bwd := reader.call(c).backward) is not None
+                for _, tid in tracefmt.iter_tensor_leaves(bwd.grad_outputs, "outputs")]
+        arrays = (reader.read(tid) for tid in tids
+                  if (info := reader.tensor(tid)).has_payload and len(info.shape) > len(shape)
+                  and tuple(info.shape[-len(shape):]) == shape and info.dtype.startswith(("float", "bfloat")))
+        return broadcast_term_sum(shape, arrays) if shape else None
+
     def forward(self, a: tracefmt.CallRecord, b: tracefmt.CallRecord) -> CallResult:
         b_out = dict(tracefmt.iter_tensor_leaves(b.outputs, "outputs"))
         a_out = list(tracefmt.iter_tensor_leaves(a.outputs, "outputs"))
@@ -202,9 +214,13 @@ class _Differ:
                           candidate=b.label, **_base(a))
 
     def param_grads(self, step: int, owners: dict[str, CallResult],
-                    scales: dict[str, float | None]) -> StepResult:
+                    scales: dict[str, float | None],
+                    calls: Mapping[str, list[int]] | None = None) -> StepResult:
         """Loss and parameter gradients of one step; each gradient goes to its module's
-        backward result in ``owners`` when there is one, else to the step result."""
+        backward result in ``owners`` when there is one, else to the step result. A gradient
+        that sums its module's grad outputs (``calls``: the module's calls of the step in A)
+        is judged against the sum of its terms (``broadcast_term_sum``), others against
+        ``scales``."""
         ga, gb = self.a.reader.param_grads(step), self.b.reader.param_grads(step)
         result = StepResult(step, ga.loss if ga else None, gb.loss if gb else None)
         if ga is None or gb is None:
@@ -225,9 +241,12 @@ class _Differ:
                 if local in m.shared or full not in ga.grads:
                     continue
                 owner = owners.get(m.path)
+                scale = scales.get(m.path)
+                term_sum = self._term_sum(ga.grads[full], (calls or {}).get(m.path, ()))
                 got = self.compare(f"param.{local}" if owner else f"param.{full}", ga.grads[full],
                                    b_names.get(full), module=m.path,
-                                   input_scale=scales.get(m.path), batched=False)
+                                   input_scale=max(scale or 0.0, term_sum or 0.0) or scale,
+                                   batched=False)
                 if isinstance(got, str):
                     result.notes.append(got)
                 elif owner is not None:
@@ -311,10 +330,12 @@ def _diff(ra: tracefmt.TraceReader, rb: tracefmt.TraceReader, *, renames: dict[s
     forward: list[CallResult] = []
     backward: dict[int, CallResult] = {}
     last_call: dict[tuple[str, int], int] = {}
+    module_calls: dict[tuple[str, int], list[int]] = {}
     for ca in _completion_order(calls_a):
         key = (ca.module, ca.step, ca.index)
         b_id = differ.b.by_key.get(key)
         last_call[(ca.module, ca.step)] = ca.call
+        module_calls.setdefault((ca.module, ca.step), []).append(ca.call)
         if b_id is None:
             forward.append(_skipped(ca, "forward", "only in A (no aligned call in B)"))
             if ca.backward is not None:
@@ -336,7 +357,8 @@ def _diff(ra: tracefmt.TraceReader, rb: tracefmt.TraceReader, *, renames: dict[s
             r = backward.get(call)
             if r is not None and r.status != "skipped":
                 owners[module] = r
-        step_results.append(differ.param_grads(s, owners, scales))
+        calls = {m: ids for (m, st), ids in module_calls.items() if st == s}
+        step_results.append(differ.param_grads(s, owners, scales, calls))
     b_note = "only in B (no aligned call in A" + (" after --map renames)" if renames else ")")
     results = [*forward, *(_skipped(c, "forward", b_note) for c in only_b)]
     results += [backward[c] for c in ra.backward_order() if c in backward]

@@ -30,7 +30,7 @@ from tracefmt._traceset import reduced_grads_note
 from ._candidates import BuiltCandidate, CandidateSet, build_candidate, reference_weights
 from ._compare import TensorComparison, compare_tensors
 from ._report import CallResult, ReplayReport
-from ._tolerance import ToleranceTable, parse_tolerance_overrides
+from ._tolerance import ToleranceTable, broadcast_term_sum, parse_tolerance_overrides
 
 __all__ = ["ReplayOptions", "replay_trace", "Comparer", "flatten_named"]
 
@@ -137,6 +137,8 @@ class _Replayer:
         self._built: dict[tuple[str, int], BuiltCandidate] = {}
         self._param_grads: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)
         self._f64_param_grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        # per parameter, the sum of |terms| its gradient adds up, over the step's calls
+        self._param_scales: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
         self._f64_missing: set[tuple[str, int]] = set()
         self._remaining: dict[tuple[str, int], int] = {}
         self._all_selected: list[tracefmt.CallRecord] = []
@@ -282,15 +284,20 @@ class _Replayer:
             tensors.append(self._cmp_grad(name, gid, inputs.get(name), call, g_scale, f64_grads))
         mkey = (call.module, call.step)
         acc = self._param_grads[mkey]
+        scales = self._param_scales[mkey]
         for pname, p in built.params.items():
             if p.grad is not None:
                 acc[pname] = acc[pname] + p.grad.detach() if pname in acc else p.grad.detach().clone()
+                term_sum = broadcast_term_sum(tuple(p.shape), grads)
+                if term_sum is not None:
+                    scales[pname] = scales.get(pname, 0.0) + term_sum
         self._accumulate_f64(mkey, f64_grads)
         self._remaining[mkey] -= 1
         notes = []
         if self._remaining[mkey] == 0:
             f64_acc = self._f64_param_grads.pop(mkey, None)
-            tensors.extend(self._param_comparisons(call, acc, g_scale, notes, f64_acc))
+            term_sums = self._param_scales.pop(mkey, {})
+            tensors.extend(self._param_comparisons(call, acc, g_scale, notes, f64_acc, term_sums))
             self._param_grads.pop(mkey, None)
         if self.options.keep_outputs:
             self.outputs[(call.call, "backward")] = {
@@ -320,7 +327,12 @@ class _Replayer:
 
     def _param_comparisons(self, call: tracefmt.CallRecord, acc: dict[str, torch.Tensor],
                            scale: float | None, notes: list[str],
-                           f64: dict[str, torch.Tensor] | None = None) -> list[TensorComparison]:
+                           f64: dict[str, torch.Tensor] | None = None,
+                           term_sums: dict[str, float] | None = None) -> list[TensorComparison]:
+        """Compare the step's summed parameter gradients of one module. A gradient that is a
+        grad output summed over its leading dims (a bias) is judged against the sum of the
+        |terms| it added up (``broadcast_term_sum``), as its rounding error scales with it;
+        others against ``scale``, the largest |grad output|."""
         recorded = self.reader.param_grads(call.step)
         if recorded is None:
             return []
@@ -347,8 +359,9 @@ class _Replayer:
             full = prefix + pname
             if full in shared or full not in recorded.grads:
                 continue
+            p_scale = max(scale or 0.0, (term_sums or {}).get(pname, 0.0)) or scale
             out.append(self.comparer.compare(f"param.{pname}", recorded.grads[full], grad,
-                                             module=call.module, input_scale=scale, batched=False,
+                                             module=call.module, input_scale=p_scale, batched=False,
                                              f64=(f64 or {}).get(f"param.{pname}")))
         return out
 

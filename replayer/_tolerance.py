@@ -21,7 +21,9 @@ of the computation::
 computation's inputs supplied by the caller: rounding error of a sum is bounded by
 ``eps * sum|terms|``, so for a reduction pass ``sum|terms|`` (for a bias gradient the sum of
 ``|grad_output|`` over the reduced axes; for a matmul the largest entry of ``|A| @ |B|``);
-``max|grad_output|`` is enough for short reductions. Without it an all-zero reference only
+``max|grad_output|`` is enough for short reductions. Replay and diff pass
+``broadcast_term_sum`` for a parameter gradient that sums grad outputs over their leading
+dims (a bias), else ``max|grad_output|``. Without it an all-zero reference only
 matches an all-zero candidate (or one within the user ``atol``): there is nothing else to
 judge noise against. With ``atol_scale_factor=1`` the floor is one relative tolerance of the
 largest magnitude involved, a normwise test: elements much smaller than the tensor's largest
@@ -62,6 +64,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
+import numpy as np
+
 __all__ = [
     "DEFAULT_RTOL",
     "MACHINE_EPS",
@@ -76,6 +80,7 @@ __all__ = [
     "machine_eps",
     "default_tolerance",
     "comparison_scale",
+    "broadcast_term_sum",
     "effective_atol",
     "parse_tolerance_overrides",
 ]
@@ -206,6 +211,27 @@ def comparison_scale(reference_scale: float, input_scale: float | None = None) -
     if input_scale is None:
         return scale
     return max(scale, _check_nonnegative("input_scale", input_scale))
+
+
+def broadcast_term_sum(shape: tuple[int, ...], grads: Iterable[Any]) -> float | None:
+    """The ``input_scale`` of a parameter gradient that sums grad outputs over their leading
+    dims (a bias, a norm's shift): the largest per-element sum of |grad output| over those
+    dims, summed over ``grads`` (numpy arrays or torch tensors, e.g. one per call), which
+    bounds the sum's rounding error. Where the terms cancel (a key projection's bias under
+    softmax has an exactly zero gradient) the gradient is rounding noise of that size, which
+    the largest |grad output| would call a bug. None when no grad ends in ``shape``."""
+    total = None
+    for g in grads:
+        if not shape or g.ndim <= len(shape) or tuple(g.shape[-len(shape):]) != tuple(shape):
+            continue
+        if isinstance(g, np.ndarray):
+            col = np.abs(g.astype(np.float64, copy=False).reshape(-1, *shape)).sum(axis=0)
+        else:  # torch: reduced where it lives; one parameter's worth comes back
+            col = g.detach().double().abs().reshape(-1, *shape).sum(0).cpu().numpy()
+        col = col[np.isfinite(col)]
+        if col.size:
+            total = (total or 0.0) + float(col.max())
+    return total
 
 
 def effective_atol(

@@ -191,6 +191,74 @@ class TestMissingMaxSubtraction:
         assert bad.tensors[0].nan_cand > 0 and bad.tensors[0].nan_ref == 0
 
 
+class KeyAttention(nn.Module):
+    """Softmax attention over the keys: the key projection's bias has an exactly zero gradient
+    (the softmax ignores a shift shared by all keys), so what is recorded is rounding noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q_proj(x) @ self.k_proj(x).transpose(-1, -2) / 4
+        return scores.softmax(dim=-1) @ x
+
+
+@pytest.fixture(scope="module")
+def key_bias_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = KeyAttention()
+    path = tmp_path_factory.mktemp("keys") / "keys.h5"
+    x, w = torch.randn(16, 256, 16), torch.randn(16, 256, 16)
+    with recorder.record(model, path) as rec:
+        rec.backward((model(x) * w).sum())
+        rec.step()
+    return path
+
+
+NEAR_LINEAR = """
+    import torch
+    from torch import nn
+
+
+    class Near(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * (1 + 2**-22)  # two ULP off: float noise, not a bug
+
+
+    class BiasFromBatch0(nn.Linear):
+        def forward(self, x):
+            b = torch.cat([self.bias.expand(1, 1, -1),
+                           self.bias.detach().expand(x.shape[0] - 1, 1, -1)])
+            return x @ self.weight.t() + b
+
+
+    CANDIDATES = {"k_proj": Near, "q_proj": %s}
+"""
+
+
+class TestParamGradTolerance:
+    def test_noise_in_a_cancelling_bias_gradient_passes(self, key_bias_trace: Path,
+                                                       tmp_path: Path) -> None:
+        """A key bias gradient (zero up to rounding) 2 ULP off is judged by its terms' size."""
+        cands = write(tmp_path / "near.py", NEAR_LINEAR % "Near")
+        rep = replay_trace(str(key_bias_trace), str(cands))
+        with tracefmt.open_trace(key_bias_trace) as r:
+            bias = r.read(r.param_grads(0).grads["k_proj.bias"])
+        assert 0 < np.abs(bias).max() < 1e-4  # noise: the grad output's entries are ~1
+        assert rep.ok, [(x.label, x.phase, [t.name for t in x.tensors if not t.passed])
+                        for x in rep.results if x.status != "pass"]
+
+    def test_a_bias_gradient_from_batch_element_0_only_fails(self, key_bias_trace: Path,
+                                                            tmp_path: Path) -> None:
+        """The broadcast-sum scale still catches a bias gradient missing 15 of 16 elements."""
+        cands = write(tmp_path / "batch0.py", NEAR_LINEAR % "BiasFromBatch0")
+        rep = replay_trace(str(key_bias_trace), str(cands))
+        bad = rep.first_divergence("backward")
+        assert bad is not None and bad.module == "q_proj"
+        assert [t.name for t in bad.tensors if not t.passed] == ["param.bias"]
+
+
 class TestReferenceClassesAsCandidates:
     def test_own_classes_pass(self, translation_trace: Path, tmp_path: Path) -> None:
         """Mapping every class in the trace to itself replays every call of step 0 exactly."""
