@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--size", choices=["tiny", "small", "medium", "gpu"], default=None,
+    p.add_argument("--size", choices=["tiny", "skeleton", "small", "medium", "gpu"], default=None,
                    help="model size (default: small on cpu, gpu on cuda)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps (default 1)")

@@ -687,6 +687,8 @@ def record(model: nn.Module, path: str | Path, *,
     ``grad_scale``, ``every``, ``max_calls_per_module``, ``byte_budget``, ``memory_budget``,
     ``compression``, ``flush_every``). ``on_flush(call_ids)`` is called on the writer thread
     after each flush with the ids of the calls it made durable (they survive a kill).
+    Until it closes, objects older than the recording are frozen out of Python's cyclic
+    collector (``gc.freeze``; see ``_gc``), unless the program froze objects itself.
     """
     for key in ("include", "exclude"):
         if isinstance(options.get(key), str):
