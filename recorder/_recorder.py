@@ -243,10 +243,12 @@ class Recorder:
         self._budget_hit = False
         self._grads_partial = False
         self._closed = False
+        self._froze_heap = False
         self._start()
-        self._froze_heap = freeze_heap()
         if on_progress:  # hands the recorder over before the first call, e.g. for Ctrl-C reports
             on_progress(self)
+        if not self._closed:  # last, so that nothing after it can fail and leave it frozen
+            self._froze_heap = freeze_heap()
 
     # -- setup -----------------------------------------------------------------------------
 

@@ -1213,6 +1213,15 @@ class TestRecordHeapFreeze:
             assert gc.get_freeze_count() > 0
         assert gc.get_freeze_count() == 0
 
+    def test_a_start_that_fails_leaves_nothing_frozen(self, tmp_path: Path) -> None:
+        """A progress callback raising in the constructor cannot leave the heap frozen."""
+        def refuse(rec: recorder.Recorder) -> None:
+            raise RuntimeError("no")
+
+        with pytest.raises(RuntimeError):
+            recorder.Recorder(nn.Linear(2, 2), tmp_path / "t.h5", on_progress=refuse)
+        assert gc.get_freeze_count() == 0
+
     def test_a_process_that_froze_its_heap_is_left_alone(self, tmp_path: Path) -> None:
         """Objects the program froze itself stay frozen after the recording."""
         gc.freeze()
