@@ -11,9 +11,9 @@ refer to them at once. When queued bytes exceed the memory budget, ``put`` block
 writer catches up.
 
 Items are handed over in batches (up to ``_BATCH_ITEMS`` items or ``_BATCH_BYTES`` of tensor
-bytes, and at every flush): one queue put per item woke a background thread per item, and the
-wake-ups and GIL hand-offs that followed cost the recording thread more than the items' own
-work (about a third of stats mode's overhead on a small model).
+bytes, and at every flush): one queue put per item woke a background thread per item, and
+those wake-ups and GIL hand-offs cost the recording thread about 4 of the ~50 ms a step that
+stats mode added to the ``skeleton`` bench model.
 
 A failure on the writer thread is raised on the recording thread at its next ``put``, so a
 full disk stops the recording within one call instead of at ``close``. Flushed call ids are

@@ -116,6 +116,8 @@ class _Differ:
         self.table = table
         self.keep = keep_outputs
         self.outputs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        # by (calls, parameter shape): a norm's weight and bias share one read of its grads
+        self._term_sums: dict[tuple[tuple[int, ...], tuple[int, ...]], float | None] = {}
 
     def compare(self, name: str, a_id: int, b_id: int | None, *, module: str,
                 input_scale: float | None = None, batched: bool = True
@@ -175,6 +177,13 @@ class _Differ:
         module's calls in A; only those ending in the parameter's shape are read."""
         reader = self.a.reader
         shape = tuple(reader.tensor(grad_id).shape)
+        key = (tuple(call_ids), shape)
+        if key not in self._term_sums:
+            self._term_sums[key] = self._read_term_sum(shape, key[0])
+        return self._term_sums[key]
+
+    def _read_term_sum(self, shape: tuple[int, ...], call_ids: tuple[int, ...]) -> float | None:
+        reader = self.a.reader
         tids = [tid for c in call_ids if (bwd := reader.call(c).backward) is not None
                 for _, tid in tracefmt.iter_tensor_leaves(bwd.grad_outputs, "outputs")]
         arrays = (reader.read(tid) for tid in tids

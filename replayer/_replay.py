@@ -285,10 +285,14 @@ class _Replayer:
         mkey = (call.module, call.step)
         acc = self._param_grads[mkey]
         scales = self._param_scales[mkey]
+        by_shape: dict[tuple[int, ...], float | None] = {}  # a norm's weight and bias share one
         for pname, p in built.params.items():
             if p.grad is not None:
                 acc[pname] = acc[pname] + p.grad.detach() if pname in acc else p.grad.detach().clone()
-                term_sum = broadcast_term_sum(tuple(p.shape), grads)
+                shape = tuple(p.shape)
+                if shape not in by_shape:
+                    by_shape[shape] = broadcast_term_sum(shape, grads)
+                term_sum = by_shape[shape]
                 if term_sum is not None:
                     scales[pname] = scales.get(pname, 0.0) + term_sum
         self._accumulate_f64(mkey, f64_grads)
