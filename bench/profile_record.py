@@ -1,6 +1,6 @@
 """Where a recorded step's time goes: host syncs, hot functions, and each thread's CPU time.
 
-    python bench/profile_record.py [--device cuda] [--size gpu] [--mode stats|full] [--top 25]
+    python bench/profile_record.py [--device cuda] [--size gpu] [--mode stats|full] [--threads N] [--top 25]
 
 A diagnosis aid next to record.py's ratios, not a benchmark: after warm-up steps it
 (1) on CUDA, runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and lists every
@@ -79,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["stats", "full"], default="stats")
     p.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
     p.add_argument("--top", type=int, default=25, help="cProfile rows to print")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (default: torch's own choice)")
     args = p.parse_args(argv)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import recorder
 

@@ -9,8 +9,6 @@ so stats mode needs one device-to-host transfer per step, not one per tensor.
 
 from __future__ import annotations
 
-import math
-import threading
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -21,6 +19,8 @@ import torch
 
 import tracefmt
 from tracefmt import HIST_BINS
+
+from ._host_summary import finite_summary_vector
 
 __all__ = ["summary_vector", "device_summary", "unpack_summary", "HEADER"]
 
@@ -43,7 +43,7 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     if not f.is_floating_point() or n == 0:
         f = f.to(torch.float32)
     if f.device.type == "cpu" and n:
-        fast = _finite_vector(x, f)
+        fast = finite_summary_vector(x, f)
         if fast is not None:
             return fast
     finite = torch.isfinite(f)
@@ -94,112 +94,6 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
         ], dim=1)
         parts.append(batch.reshape(-1))
     return torch.cat(parts)
-
-
-def _finite_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
-    """The CPU path for a tensor without NaN/Inf (the common case), or None for the masked path.
-
-    Everything comes from per-row reductions that torch runs in one pass each (min, max, sum,
-    L2 norm, non-zero count) plus one histogram: no masks, no float64 copies. The variance is
-    E[x^2] - mean^2 unless that cancels (a near-constant tensor), where Welford is used.
-    The histogram bins in the compute precision, which the spec allows at bin edges.
-    """
-    n = f.numel()
-    f64 = torch.float64
-    rows = f.reshape(x.shape[0], -1) if x.dim() > 0 and x.shape[0] > 0 else f.reshape(1, -1)
-    rmin, rmax = rows.amin(dim=1), rows.amax(dim=1)
-    lo_v, hi_v = float(rmin.min()), float(rmax.max())
-    if not (math.isfinite(lo_v) and math.isfinite(hi_v)):
-        return None
-    rsum = rows.sum(dim=1).to(f64)
-    rl2 = torch.linalg.vector_norm(rows, dim=1).to(f64)
-    if not bool(torch.isfinite(rl2).all()):  # squares beyond float32's range (|x| > ~1e19)
-        rl2 = torch.linalg.vector_norm(rows.to(f64), dim=1)
-    # a bool sum in int32 is 3x faster than in int64 and 5x faster than the ord-0 norm
-    rnz = rows.bool().sum(dim=1, dtype=torch.int32 if rows.shape[1] < 2**31 else torch.int64)
-    mean = float(rsum.sum()) / n
-    var = max(float((rl2 * rl2).sum()) / n - mean * mean, 0.0)
-    if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
-        var = float(torch.var_mean(f.to(f64), correction=0)[0])
-    if hi_v > lo_v:
-        hist = _histogram(f, lo_v, hi_v)
-    else:
-        hist = torch.zeros(HIST_BINS, dtype=f64)
-        hist[0] = n
-    row_len = rows.shape[1]
-    zeros = n - int(rnz.sum())
-    parts = [torch.tensor([float(n), lo_v, hi_v, mean, math.sqrt(var), 0.0, 0.0, 0.0,
-                           float(zeros)], dtype=f64), hist]
-    if x.dim() > 0 and x.shape[0] > 0:
-        b = min(x.shape[0], _MAX_BATCH)
-        batch = torch.stack([
-            rl2[:b],
-            torch.maximum(-rmin[:b], rmax[:b]).to(f64),
-            torch.zeros(b, dtype=f64),
-            (row_len - rnz[:b]).to(f64),
-        ], dim=1)
-        parts.append(batch.reshape(-1))
-    return torch.cat(parts)
-
-
-def _histogram(f: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Bin counts of a finite float tensor over [lo, hi], as float64.
-
-    The bin index is (x - lo) * bins / (hi - lo) truncated, in the tensor's precision, then
-    counted as bytes (index ``bins`` is x == hi, folded into the last bin): two to three times
-    faster than ``torch.histc``, whose scalar loop was the most expensive part of a summary.
-    Rounding can move an element lying on a bin edge to the neighbouring bin, which the spec
-    allows. A span or scale outside float32's range is binned in float64.
-    """
-    if f.dtype != torch.float64 and not 1e-36 < hi - lo < 1e38:
-        f = f.to(torch.float64)
-    idx = torch.sub(f, lo, out=_scratch(f))
-    idx.mul_(HIST_BINS / (hi - lo))  # in [0, bins], up to rounding: the last bin is closed
-    counts = _bincount_u8(idx.to(torch.uint8).reshape(-1), HIST_BINS + 1).to(torch.float64)
-    counts[HIST_BINS - 1] += counts[HIST_BINS:].sum()
-    return counts[:HIST_BINS]
-
-
-_PAIRS_FROM = 1 << 14  # elements; below this the extra ops cost more than they save
-
-
-def _bincount_u8(u8: torch.Tensor, n: int) -> torch.Tensor:
-    """``torch.bincount(u8, minlength=n)`` for a contiguous uint8 vector of values below n.
-
-    bincount's loop costs the same per element whatever its width, so neighbouring pairs
-    are counted as one int16 value (a + 256 b < 256 n): half the elements, 1.6x faster on a
-    megabyte. The pair table's row and column sums are the counts of b and of a, whichever
-    byte order the machine has.
-    """
-    size = u8.numel()
-    if size < _PAIRS_FROM or n > 128:
-        return torch.bincount(u8, minlength=n)
-    even = size & ~1
-    pairs = torch.bincount(u8[:even].view(torch.int16), minlength=256 * n)[:256 * n]
-    table = pairs.view(n, 256)[:, :n]
-    counts = table.sum(0) + table.sum(1)
-    if even < size:
-        counts[int(u8[-1])] += 1
-    return counts
-
-
-_SCRATCH_MAX = 64 << 20
-_local = threading.local()
-
-
-def _scratch(f: torch.Tensor) -> torch.Tensor | None:
-    """A reused buffer shaped like ``f`` (CPU, up to 64 MB), or None to allocate.
-
-    A fresh multi-megabyte allocation comes from mmap and pays a page fault per 4 KB page,
-    which costs as much as the histogram arithmetic itself.
-    """
-    nbytes = f.numel() * f.element_size()
-    if f.device.type != "cpu" or nbytes > _SCRATCH_MAX:
-        return None
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = _local.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
-    return buf[:nbytes].view(f.dtype).view(f.shape)
 
 
 _triton_state: dict[str, Any] = {}

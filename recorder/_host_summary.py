@@ -1,0 +1,193 @@
+"""The summary of a finite CPU tensor, computed in cache-sized chunks.
+
+On the CPU a summary is bound by memory traffic, not arithmetic: it needs about ten passes
+(min, max, sum, squares, zero count, bin index, cast, count), and a tensor larger than the
+L2 cache pays main memory for each. Here the tensor is read in chunks of ``CHUNK`` elements
+that stay in L2, twice: once for the per-row moments and counts, once for the histogram,
+whose bins need the global range first. Each pass uses whichever of numpy and torch runs it
+fastest on one thread, and the output vector is filled in numpy, so a small tensor costs
+tens of microseconds of bookkeeping rather than hundreds.
+
+The histogram bins in the tensor's compute precision (float32 for float32 and narrower),
+which the spec allows at bin edges.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import torch
+
+from tracefmt import HIST_BINS
+
+__all__ = ["finite_summary_vector", "bincount_u8", "CHUNK"]
+
+CHUNK = 1 << 18  # elements: 1 MB of float32 plus its scratch fits a 2 MB L2 with room to spare
+_HEADER = 9
+_BATCH_COLS = 4
+_MAX_BATCH = 4096
+_ROW_LOOP = 64  # rows up to which counting each row's bytes beats numpy's axis reduction
+
+_local = threading.local()
+
+
+def finite_summary_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
+    """The float64 summary vector of ``x`` (``summary_vector``'s layout), or None if ``x``
+    holds a NaN or an infinity (the caller's masked path handles those).
+
+    ``f`` is ``x`` flattened, contiguous and in its compute dtype (float32 or float64).
+    """
+    n = f.numel()
+    rows_n = x.shape[0] if x.dim() > 0 and x.shape[0] > 0 else 1
+    width = n // rows_n
+    a = f.numpy().reshape(rows_n, width)
+    moments = _row_moments(a, f.view(rows_n, width))
+    if moments is None:
+        return None
+    rmin, rmax, rsum, rsq, rnz = moments
+    lo, hi = float(rmin.min()), float(rmax.max())
+    mean = float(rsum.sum()) / n
+    var = max(float(rsq.sum()) / n - mean * mean, 0.0)
+    if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
+        var = float(np.var(a, dtype=np.float64))
+    batch = min(rows_n, _MAX_BATCH) if x.dim() > 0 else 0
+    out = np.empty(_HEADER + HIST_BINS + _BATCH_COLS * batch)
+    out[:_HEADER] = (n, lo, hi, mean, math.sqrt(var), 0, 0, 0, n - int(rnz.sum()))
+    hist = out[_HEADER:_HEADER + HIST_BINS]
+    if hi > lo:
+        hist[:] = _histogram(a.reshape(-1), lo, hi)
+    else:
+        hist[:] = 0
+        hist[0] = n
+    if batch:
+        rows = out[_HEADER + HIST_BINS:].reshape(batch, _BATCH_COLS)
+        rows[:, 0] = np.sqrt(rsq[:batch])
+        rows[:, 1] = np.maximum(-rmin[:batch], rmax[:batch])
+        rows[:, 2] = 0
+        rows[:, 3] = width - rnz[:batch]
+    return torch.from_numpy(out)
+
+
+_Moments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _row_moments(a: np.ndarray, t: torch.Tensor) -> _Moments | None:
+    """Per-row min, max, sum, sum of squares (float64) and non-zero count, or None if a
+    value is not finite. ``a`` and ``t`` are the same (rows, width) memory."""
+    rows_n, width = a.shape
+    if width <= CHUNK:
+        step = max(1, CHUNK // max(width, 1))
+        parts = [_chunk_moments(a[r:r + step], t[r:r + step]) for r in range(0, rows_n, step)]
+    else:  # rows longer than a chunk: each row in pieces, combined per row
+        parts = []
+        for r in range(rows_n):
+            pieces = [_chunk_moments(a[r:r + 1, c:c + CHUNK], t[r:r + 1, c:c + CHUNK])
+                      for c in range(0, width, CHUNK)]
+            if any(p is None for p in pieces):
+                return None
+            parts.append(_combine(pieces))
+    if any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def _combine(pieces: list[_Moments | None]) -> _Moments:
+    """One row's moments from those of its pieces."""
+    cols = [np.concatenate(col) for col in zip(*pieces, strict=True)]  # type: ignore[misc]
+    return (cols[0].min(keepdims=True), cols[1].max(keepdims=True), cols[2].sum(keepdims=True),
+            cols[3].sum(keepdims=True), cols[4].sum(keepdims=True))
+
+
+def _chunk_moments(a: np.ndarray, t: torch.Tensor) -> _Moments | None:
+    """Moments of the rows of one chunk; it is read from memory once and then from cache."""
+    rmin, rmax = a.min(axis=1), a.max(axis=1)
+    if not (math.isfinite(rmin.min()) and math.isfinite(rmax.max())):
+        return None
+    rsum = t.sum(dim=1).numpy().astype(np.float64)
+    l2 = torch.linalg.vector_norm(t, dim=1).numpy()
+    if not np.isfinite(l2).all():  # squares beyond float32's range (|x| > ~1e19)
+        l2 = torch.linalg.vector_norm(t.to(torch.float64), dim=1).numpy()
+    rsq = np.square(l2, dtype=np.float64)
+    return rmin, rmax, rsum, rsq, _nonzero_per_row(a)
+
+
+def _nonzero_per_row(a: np.ndarray) -> np.ndarray:
+    """Non-zero count of each row: ``!= 0`` into a reused bool buffer, then byte counts, which
+    numpy runs three times faster than torch's bool sum."""
+    rows_n, width = a.shape
+    mask = _buffer("mask", a.size, np.bool_).reshape(rows_n, width)
+    np.not_equal(a, 0, out=mask)
+    total = np.count_nonzero(mask)
+    if total == a.size:
+        return np.full(rows_n, width, dtype=np.int64)
+    if rows_n == 1:
+        return np.array([total], dtype=np.int64)
+    if rows_n <= _ROW_LOOP:
+        return np.array([np.count_nonzero(row) for row in mask], dtype=np.int64)
+    return np.count_nonzero(mask, axis=1).astype(np.int64)
+
+
+def _histogram(flat: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Bin counts of finite values over [lo, hi] (as float64), a chunk at a time.
+
+    The bin index is (x - lo) * bins / (hi - lo) truncated, in the values' precision, as
+    bytes (index ``bins`` is x == hi, folded into the last bin). A span or scale outside
+    float32's range is binned in float64.
+    """
+    wide = flat.dtype == np.float64 or not 1e-36 < hi - lo < 1e38
+    dtype = np.float64 if wide else np.float32
+    lo_s, scale = dtype(lo), dtype(HIST_BINS / (hi - lo))
+    counts = np.zeros(HIST_BINS + 1, dtype=np.int64)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start:start + CHUNK]
+        scaled = _buffer("scaled", chunk.size, dtype)
+        np.subtract(chunk, lo_s, out=scaled)
+        np.multiply(scaled, scale, out=scaled)
+        idx = _buffer("index", chunk.size, np.uint8)
+        np.copyto(idx, scaled, casting="unsafe")  # in [0, bins] up to rounding
+        counts += bincount_u8(idx, HIST_BINS + 1)
+    out = counts[:HIST_BINS].astype(np.float64)
+    out[-1] += counts[HIST_BINS]
+    return out
+
+
+_PAIRS_FROM = 1 << 14  # elements; below this the pair table costs more than it saves
+
+
+def bincount_u8(u8: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(u8, minlength=n)`` for a contiguous uint8 vector of values below n.
+
+    ``torch.bincount`` is the fastest counter here (numpy's widens to int64 first), and its
+    loop costs the same per element whatever its width, so neighbouring pairs are counted
+    as one int16 value (a + 256 b < 256 n): half the elements, 1.4x faster on a step's real
+    activations with 32 bins. The pair table's row and column sums are the counts of b and
+    of a, whichever byte order the machine has.
+    """
+    size = u8.size
+    t = torch.from_numpy(u8)
+    if size < _PAIRS_FROM or n > 128:
+        return torch.bincount(t, minlength=n).numpy()
+    even = size & ~1
+    pairs = torch.bincount(t[:even].view(torch.int16), minlength=256 * n).numpy()
+    table = pairs[:256 * n].reshape(n, 256)[:, :n]
+    counts = table.sum(axis=0) + table.sum(axis=1)
+    if even < size:
+        counts[u8[-1]] += 1
+    return counts
+
+
+def _buffer(name: str, size: int, dtype: type) -> np.ndarray:
+    """A reused per-thread buffer of ``size`` elements: a fresh multi-megabyte array comes
+    from mmap and pays a page fault per 4 KB, as much as the pass that fills it."""
+    key = (name, np.dtype(dtype).str)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(max(size, CHUNK), dtype=dtype)
+    return buf[:size]
