@@ -22,6 +22,7 @@ import torch
 
 import tracefmt
 
+from ._cow import lazy_snapshot
 from ._derive import Derivation, SharedSnapshot
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
@@ -167,7 +168,8 @@ class TensorCapture:
         nbytes = t.numel() * t.element_size()
         self.bytes_referenced += nbytes
         key = (
-            t.untyped_storage().data_ptr() if t.numel() else id(t),
+            t.const_data_ptr() if t.numel() else id(t),  # const: a mutable pointer would
+            # make a copy-on-write snapshot's source copy itself
             t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device,
             t._version, persistent,
         )
@@ -185,13 +187,20 @@ class TensorCapture:
     def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int,
                    dropout_of: tuple[int, float] | None = None) -> None:
         """Copy into a pooled buffer now; the summary thread summarises it, the writer stores it."""
-        snap, buf = self._pool.snapshot(t)
         if self.mode != "full":
+            lazy = lazy_snapshot(t)
+            if lazy is not None:  # copied only if the model writes into ``t`` before it is read
+                self.sink.put_tensor(self._item(
+                    t, tid, nbytes, data=lambda: None,
+                    summary=lambda s=lazy: unpack_summary(summary_vector(s).numpy())))
+                return
+            snap, buf = self._pool.snapshot(t)
             self.sink.put_tensor(self._item(
                 t, tid, nbytes, data=lambda: None,
                 summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
                 done=lambda b=buf: self._pool.give(b)))
             return
+        snap, buf = self._pool.snapshot(t)
         shared = SharedSnapshot(snap, free=lambda b=buf: self._pool.give(b))
         item = self._item(t, tid, nbytes, data=lambda s=snap: to_numpy(s),
                           summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),

@@ -22,6 +22,8 @@ import torch
 
 from tracefmt import HIST_BINS
 
+from ._cow import host_array
+
 __all__ = ["finite_summary_vector", "bincount_u8", "CHUNK"]
 
 CHUNK = 1 << 18  # elements: 1 MB of float32 plus its scratch fits a 2 MB L2 with room to spare
@@ -42,7 +44,7 @@ def finite_summary_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | No
     n = f.numel()
     rows_n = x.shape[0] if x.dim() > 0 and x.shape[0] > 0 else 1
     width = n // rows_n
-    a = f.numpy().reshape(rows_n, width)
+    a = host_array(f).reshape(rows_n, width)  # f may be a copy-on-write snapshot: read only
     moments = _row_moments(a, f.view(rows_n, width))
     if moments is None:
         return None

@@ -200,6 +200,7 @@ class WriterThread:
             item.ready = None
         if item.summary is not None:
             item.computed = item.summary()
+            item.summary = None  # drops its snapshot: a copy-on-write one costs the model a copy while held
         item.array = item.data()
         if item.array is None:
             return
