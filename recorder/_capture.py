@@ -1,8 +1,9 @@
 """Turning live tensors into tensor ids: snapshot, deduplicate, hand to the writer.
 
 A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
-tensors are copied into reused host buffers and summarised on the summary thread, in both
-modes, so the training thread pays one memory copy; CUDA tensors are cloned and summarised on
+tensors are snapshotted copy-on-write (``_cow``; copied into reused host buffers where torch
+cannot) and summarised on the summary thread, in both modes, so the training thread pays for
+a copy only when the model writes into a tensor whose snapshot is still held; CUDA tensors are cloned and summarised on
 the compute stream (fast, device memory) and, in full mode, copied to pinned host memory on a
 side stream, so the compute stream never waits for the host. The same tensor seen twice in a
 step (a module's output is the next module's input) is stored once: the key is storage
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,10 @@ def _current(key: tuple, t: torch.Tensor | None) -> bool:
     (versions only grow, so a weight's key from before an optimizer step never matches
     again; kept, they piled up by the model's parameter count every step)."""
     return t is not None and t._version == key[-2]
+
+
+def _summarise_host(snap: torch.Tensor) -> tracefmt.TensorSummary:
+    return unpack_summary(summary_vector(snap).numpy())
 
 
 def _summarised_on_device(t: torch.Tensor) -> bool:
@@ -186,24 +192,21 @@ class TensorCapture:
 
     def _queue_cpu(self, t: torch.Tensor, tid: int, nbytes: int,
                    dropout_of: tuple[int, float] | None = None) -> None:
-        """Copy into a pooled buffer now; the summary thread summarises it, the writer stores it."""
-        if self.mode != "full":
-            lazy = lazy_snapshot(t)
-            if lazy is not None:  # copied only if the model writes into ``t`` before it is read
-                self.sink.put_tensor(self._item(
-                    t, tid, nbytes, data=lambda: None,
-                    summary=lambda s=lazy: unpack_summary(summary_vector(s).numpy())))
-                return
+        """Snapshot now: copy-on-write where torch can (the model pays for a copy only if it
+        writes into ``t`` while the snapshot is held), else a copy into a pooled buffer. The
+        summary thread summarises it, the writer stores it."""
+        snap = lazy_snapshot(t)
+        free = None
+        if snap is None:
             snap, buf = self._pool.snapshot(t)
-            self.sink.put_tensor(self._item(
-                t, tid, nbytes, data=lambda: None,
-                summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
-                done=lambda b=buf: self._pool.give(b)))
+            free = partial(self._pool.give, buf)
+        summary = partial(_summarise_host, snap)
+        if self.mode != "full":
+            self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda: None, summary=summary,
+                                            done=free))
             return
-        snap, buf = self._pool.snapshot(t)
-        shared = SharedSnapshot(snap, free=lambda b=buf: self._pool.give(b))
-        item = self._item(t, tid, nbytes, data=lambda s=snap: to_numpy(s),
-                          summary=lambda s=snap: unpack_summary(summary_vector(s).numpy()),
+        shared = SharedSnapshot(snap, free=free)
+        item = self._item(t, tid, nbytes, data=partial(to_numpy, snap), summary=summary,
                           done=shared.release)
         self._share(tid, shared, item, dropout_of)
         self.sink.put_tensor(item)

@@ -28,7 +28,8 @@ _is_cow: Any = getattr(torch._C, "_is_cow_tensor", None)
 
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16,
-          torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_}
+          torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_,
+          torch.complex64: np.complex64, torch.complex128: np.complex128}
 
 
 def lazy_snapshot(t: torch.Tensor) -> torch.Tensor | None:
@@ -48,13 +49,14 @@ def host_array(t: torch.Tensor) -> np.ndarray:
     """A read-only numpy view of contiguous CPU tensor ``t`` that never materialises a
     copy-on-write storage (``Tensor.numpy`` asks for a mutable pointer, which does).
 
-    The view does not keep ``t`` alive: the caller holds ``t`` while it reads.
+    The view keeps ``t`` alive, as ``Tensor.numpy`` does.
     """
     dtype = _NUMPY.get(t.dtype)
     if dtype is None or not t.is_contiguous() or t.numel() == 0:
         return t.numpy()
     nbytes = t.numel() * t.element_size()
     raw = (ctypes.c_char * nbytes).from_address(t.const_data_ptr())
+    raw.owner = t  # the array's base is ``raw``: this keeps the memory alive as long as the array
     a = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.shape))
     a.flags.writeable = False
     return a

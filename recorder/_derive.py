@@ -24,6 +24,8 @@ from torch import nn
 
 import tracefmt
 
+from ._cow import host_array
+
 __all__ = ["SharedSnapshot", "Derivation", "dropout_p", "encode_payload"]
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
@@ -86,7 +88,7 @@ def encode_payload(values: np.ndarray, dtype: str, summary: tracefmt.TensorSumma
     if derivation is not None:
         try:
             if dtype in tracefmt.MASKED_SCALE_DTYPES:
-                base = derivation.base_snap.numpy()
+                base = host_array(derivation.base_snap)  # no copy of a copy-on-write one
                 enc = tracefmt.encode_masked_scale(values, base, base_id=derivation.base_id,
                                                    scales=derivation.scales(values.dtype))
                 if enc is not None:

@@ -9,6 +9,8 @@ import torch
 
 import tracefmt
 
+from ._cow import host_array
+
 __all__ = ["dtype_name", "torch_dtype", "to_numpy", "tensor_from_trace", "rebuild_torch"]
 
 _PIN_FROM = 1 << 16  # bytes: smaller tensors are copied from pageable memory
@@ -40,15 +42,16 @@ def supported(t: torch.Tensor) -> bool:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """Values of a CPU tensor as the trace's stored numpy view (C order, shares memory if it can)."""
+    """Values of a CPU tensor as the trace's stored numpy view (C order, read-only, shares
+    memory if it can; a copy-on-write snapshot is read without copying it)."""
     t = t.detach()
     if t.dtype == torch.bool:
-        return t.contiguous().numpy()
+        return host_array(t.contiguous())
     info = tracefmt.dtype_info(dtype_name(t.dtype))
     c = t.contiguous()
     if info.native:
-        return c.numpy()
-    raw = c.view(_SAME_WIDTH_INT[info.itemsize]).numpy()
+        return host_array(c)
+    raw = host_array(c.view(_SAME_WIDTH_INT[info.itemsize]))
     return raw.view(np.dtype(info.storage))
 
 

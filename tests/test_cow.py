@@ -70,12 +70,13 @@ class TestSummaryOfASnapshot:
         assert is_copy_on_write(snap)
 
 
-class TestStatsModeInPlace:
-    def test_output_doubled_before_its_summary_is_read(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class TestRecordInPlaceWhileHeld:
+    @pytest.mark.parametrize("mode", ["stats", "full"])
+    def test_output_doubled_before_the_snapshot_is_read(
+        self, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """``y = lin(x); y.mul_(2)`` summarises lin's output before the doubling, even when
-        the summary thread only reads it after ``mul_`` ran."""
+        """``y = lin(x); y.mul_(2)`` records lin's output before the doubling, even when the
+        summary thread only reads the snapshot after ``mul_`` ran."""
         import recorder._capture as capture
 
         real = capture.summary_vector
@@ -89,12 +90,16 @@ class TestStatsModeInPlace:
         lin = nn.Linear(4, 6)
         model = nn.Sequential(lin)
         x = torch.randn(3, 4)
-        with recorder.record(model, tmp_path / "t.h5", mode="stats") as rec:
+        with recorder.record(model, tmp_path / "t.h5", mode=mode) as rec:
             y = model(x)
             y.mul_(2.0)
             rec.step()
-        want = tracefmt.compute_summary(nn.functional.linear(x, lin.weight, lin.bias).detach().numpy())
+        want = nn.functional.linear(x, lin.weight, lin.bias).detach()
         with tracefmt.open_trace(tmp_path / "t.h5") as r:
             call = next(c for c in r.calls(step=0) if c.module == "0")
-            got = r.tensor(call.tensors()["outputs"]).summary
-        assert (got.min, got.max) == (want.min, want.max)
+            tid = call.tensors()["outputs"]
+            got = r.tensor(tid).summary
+            if mode == "full":
+                assert torch.equal(recorder.tensor_from_trace(r, tid), want)
+        ref = tracefmt.compute_summary(want.numpy())
+        assert (got.min, got.max) == (ref.min, ref.max)
