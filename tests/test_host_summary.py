@@ -25,15 +25,18 @@ def _summary(t: torch.Tensor) -> tracefmt.TensorSummary | None:
 
 
 class TestFiniteSummaryVector:
-    @pytest.mark.parametrize("chunk", [7, 256, 1 << 18])
+    @pytest.mark.parametrize("chunk", [None, 7, 256, 1 << 18], ids=["small", "7", "256", "2^18"])
     @pytest.mark.parametrize("name", FINITE)
     def test_matches_the_reference_at_every_chunk_size(
-        self, name: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+        self, name: str, chunk: int | None, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Rows split across chunks, chunks of many rows, and one chunk give the same summary."""
+        """The small-tensor path, rows split across chunks, chunks of many rows, and one chunk
+        give the same summary."""
         import recorder._host_summary as host
 
-        monkeypatch.setattr(host, "CHUNK", chunk)
+        if chunk is not None:  # the chunked path, even for the small cases
+            monkeypatch.setattr(host, "_SMALL", 0)
+            monkeypatch.setattr(host, "CHUNK", chunk)
         got = _summary(CASES[name])
         assert got is not None
         assert_summary_close(got, tracefmt.compute_summary(CASES[name].float().numpy()), name)
@@ -46,15 +49,18 @@ class TestFiniteSummaryVector:
         import recorder._host_summary as host
 
         monkeypatch.setattr(host, "CHUNK", 64)
+        monkeypatch.setattr(host, "_SMALL", 0)
         t = torch.randn(3, 500)
         t[2, 499] = value
         assert _summary(t) is None
 
     @pytest.mark.parametrize("rows", [1, 5, 64, 65, 300])
-    def test_counts_each_rows_zeros(self, rows: int) -> None:
-        """Zero counts per row are exact on each counting path (one row, a few, many)."""
+    @pytest.mark.parametrize("width", [40, 5000])
+    def test_counts_each_rows_zeros(self, rows: int, width: int) -> None:
+        """Zero counts per row are exact on each counting path (one row, a few, many; small
+        tensors and chunked ones)."""
         g = torch.Generator().manual_seed(rows)
-        t = torch.relu(torch.randn(rows, 40, generator=g))
+        t = torch.relu(torch.randn(rows, width, generator=g))
         got = _summary(t)
         assert got is not None
         np.testing.assert_array_equal(got.batch[:, 3], (t == 0).sum(dim=1).numpy())
@@ -62,13 +68,22 @@ class TestFiniteSummaryVector:
 
     def test_a_tensor_without_zeros_has_none_in_any_row(self) -> None:
         """The all-non-zero shortcut reports zero zeros for every row."""
-        t = torch.rand(100, 30) + 1.0
+        t = torch.rand(100, 300) + 1.0
         got = _summary(t)
         assert got is not None
         assert got.zeros == 0 and not got.batch[:, 3].any()
 
 
 class TestHistogram:
+    def test_small_tensors_bin_as_the_reference(self) -> None:
+        """Below the small-tensor size the bins are the reference's, element for element."""
+        import recorder._host_summary as host
+
+        flat = (torch.randn(4000, generator=torch.Generator().manual_seed(2)) * 3).numpy()
+        lo, hi = float(flat.min()), float(flat.max())
+        want = tracefmt.compute_summary(flat).hist
+        assert tuple(int(c) for c in host._histogram(flat, lo, hi)) == want
+
     def test_chunks_sum_to_the_single_pass_counts(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Counting in chunks (an odd-sized last one included) gives one pass's counts."""
         import recorder._host_summary as host
