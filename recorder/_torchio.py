@@ -18,9 +18,16 @@ _PIN_FROM = 1 << 16  # bytes: smaller tensors are copied from pageable memory
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+_NAMES: dict[torch.dtype, str] = {}
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    """The trace's name for a torch dtype (``torch.float32`` -> ``float32``)."""
-    return str(dtype).removeprefix("torch.")
+    """The trace's name for a torch dtype (``torch.float32`` -> ``float32``); cached, as the
+    recorder asks for every tensor it sees."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -37,7 +44,6 @@ def supported(t: torch.Tensor) -> bool:
         t.layout == torch.strided
         and dtype_name(t.dtype) in tracefmt.DTYPES
         and t.dim() <= tracefmt.MAX_NDIM
-        and not t.is_quantized
     )
 
 
