@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,6 @@ class TensorItem:
     done: Callable[[], None] | None = None  # called once the writer no longer reads ``data``
     computed: tracefmt.TensorSummary | None = None  # set by the summary thread
     array: np.ndarray | None = None  # ``data()``, set by the summary thread
-    crc32: int | None = None  # of the stored bytes, set by the summary thread
     failed: BaseException | None = None  # raised by the summary thread, reported by the writer
     derivation: Derivation | None = None  # the tensor it may be encoded against
     encoded: np.ndarray | None = None  # the encoded payload to store, set by the summary thread
@@ -194,7 +192,8 @@ class WriterThread:
 
     @staticmethod
     def _prepare(item: TensorItem) -> None:
-        """Wait for the copy, summarise, choose how to store, checksum what is stored."""
+        """Wait for the copy, summarise, choose how to store. The checksum is left to the
+        writer's ``add_tensor``: this thread is the pipeline's busiest, the writer the least."""
         if item.ready is not None:
             item.ready()
             item.ready = None
@@ -207,8 +206,6 @@ class WriterThread:
         stored = tracefmt.encode_values(item.array, item.dtype)
         derivation, item.derivation = item.derivation, None
         item.encoded = encode_payload(stored, item.dtype, item.computed, derivation)
-        raw = stored.reshape(-1).view(np.uint8) if item.encoded is None else item.encoded
-        item.crc32 = zlib.crc32(raw)
 
     def _run(self) -> None:
         while True:
@@ -269,7 +266,7 @@ class WriterThread:
                 summary = tracefmt.compute_summary(tracefmt.decode_values(data, item.dtype))
             tid = self._writer.add_tensor(
                 data, dtype=item.dtype, shape=item.shape, strides=item.strides,
-                summary=summary, requires_grad=item.requires_grad, crc32=item.crc32,
+                summary=summary, requires_grad=item.requires_grad,
                 encoded=item.encoded,
             )
             if item.encoded is not None:
