@@ -34,8 +34,15 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: n
 
 def lazy_snapshot(t: torch.Tensor) -> torch.Tensor | None:
     """A copy-on-write clone of CPU tensor ``t`` (no data copied now), or None where this
-    torch cannot make one."""
+    torch cannot make one or should not.
+
+    Copy-on-write works on whole storages: a clone of a slice would make a write anywhere
+    in the rest of its storage (a preallocated cache filled a row at a time) copy all of it.
+    A tensor that does not span its storage is left to an eager copy of just its elements.
+    """
     if _lazy_clone is None:
+        return None
+    if t.storage_offset() or t.numel() * t.element_size() != t.untyped_storage().nbytes():
         return None
     return _lazy_clone(t.detach())
 

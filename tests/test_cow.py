@@ -30,6 +30,19 @@ class TestLazySnapshot:
         assert snap is not None and is_copy_on_write(snap) and is_copy_on_write(x)
         assert snap.const_data_ptr() == x.const_data_ptr()
 
+    @pytest.mark.parametrize("part", [slice(0, 10), slice(90, 100)], ids=["head", "tail"])
+    def test_a_slice_of_a_larger_storage_is_declined(self, part: slice) -> None:
+        """A slice gets no lazy clone: writing elsewhere in its buffer would copy all of it."""
+        buf = torch.zeros(100, 64)
+        assert lazy_snapshot(buf[part]) is None
+        assert not is_copy_on_write(buf)
+
+    def test_a_transposed_whole_tensor_is_taken(self) -> None:
+        """A view over its whole storage in another order shares it copy-on-write."""
+        x = torch.randn(8, 5)
+        snap = lazy_snapshot(x.t())
+        assert snap is not None and torch.equal(snap, x.t()) and is_copy_on_write(x)
+
     def test_a_later_write_does_not_reach_the_snapshot(self) -> None:
         """``x.mul_`` after the snapshot gives ``x`` its own copy; the snapshot keeps the old values."""
         x = torch.ones(5)
