@@ -171,13 +171,13 @@ class TensorCapture:
         detached tensor and its byte count, to be queued in id order."""
         original = t
         t = t.detach() if t.requires_grad else t
-        nbytes = t.numel() * t.element_size()
+        numel = t.numel()
+        nbytes = numel * t.element_size()
         self.bytes_referenced += nbytes
-        key = (
-            t.const_data_ptr() if t.numel() else id(t),  # const: a mutable pointer would
-            # make a copy-on-write snapshot's source copy itself
-            t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device,
-            t._version, persistent,
+        key = (  # torch.Size and stride() are tuples already
+            t.const_data_ptr() if numel else id(t),  # const: a mutable pointer would make a
+            # copy-on-write snapshot's source copy itself
+            t.storage_offset(), t.shape, t.stride(), t.dtype, t.device, t._version, persistent,
         )
         hit = self._seen.get(key)
         if hit is not None and hit[0]() is not None:
@@ -234,7 +234,7 @@ class TensorCapture:
 
     def _item(self, t: torch.Tensor, tid: int, nbytes: int, **kw: Any) -> TensorItem:
         return TensorItem(tid=tid, dtype=dtype_name(t.dtype), shape=tuple(t.shape),
-                          strides=tuple(t.stride()), requires_grad=t.requires_grad,
+                          strides=t.stride(), requires_grad=t.requires_grad,
                           nbytes=nbytes, **kw)
 
     def _queue_cuda(self, t: torch.Tensor, tid: int, nbytes: int,

@@ -416,9 +416,9 @@ class Recorder:
         if tracefmt.has_opaque(args_node) or tracefmt.has_opaque(kwargs_node):
             replayable = False
             notes.append("an input has no recordable form (opaque); the call is not replayable")
-        versions = {n: b._version for n, b in module.named_buffers(recurse=False)}
-        buffers_before = {n: self._capture.capture(b) for n, b in module.named_buffers(recurse=False)
-                          if supported(b)}
+        own_buffers = [(n, b) for n, b in module._buffers.items() if b is not None]  # no generator
+        versions = {n: b._version for n, b in own_buffers}
+        buffers_before = {n: self._capture.capture(b) for n, b in own_buffers if supported(b)}
         body = {
             "call": call, "step": self.step_index, "module": path,
             "type": f"{type(module).__module__}.{type(module).__qualname__}", "index": index,
@@ -468,8 +468,8 @@ class Recorder:
                 f"{len(modified)} input(s) modified in place by the module; recorded values and "
                 "gradients are those of the input before the modification")
         body["buffers_after"] = {
-            n: self._capture.capture(b) for n, b in module.named_buffers(recurse=False)
-            if supported(b) and b._version != frame.versions.get(n)
+            n: self._capture.capture(b) for n, b in module._buffers.items()
+            if b is not None and supported(b) and b._version != frame.versions.get(n)
         }
         self._sink.put_event(EventKind.CALL, body, step=self.step_index, call=frame.call,
                              module=self._module_index[module])
