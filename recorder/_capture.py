@@ -28,7 +28,14 @@ from ._cow import lazy_snapshot
 from ._derive import Derivation, SharedSnapshot
 from ._pool import HostBufferPool
 from ._sink import TensorItem, WriterThread
-from ._summary import device_summaries, device_summary, summary_vector, unpack_many, unpack_summary
+from ._summary import (
+    device_summaries,
+    device_summary,
+    host_summary,
+    summary_vector,
+    unpack_many,
+    unpack_summary,
+)
 from ._torchio import dtype_name, to_numpy
 
 __all__ = ["TensorCapture"]
@@ -41,8 +48,6 @@ def _current(key: tuple, t: torch.Tensor | None) -> bool:
     return t is not None and t._version == key[-2]
 
 
-def _summarise_host(snap: torch.Tensor) -> tracefmt.TensorSummary:
-    return unpack_summary(summary_vector(snap).numpy())
 
 
 def _summarised_on_device(t: torch.Tensor) -> bool:
@@ -200,7 +205,7 @@ class TensorCapture:
         if snap is None:
             snap, buf = self._pool.snapshot(t)
             free = partial(self._pool.give, buf)
-        summary = partial(_summarise_host, snap)
+        summary = partial(host_summary, snap)
         if self.mode != "full":
             self.sink.put_tensor(self._item(t, tid, nbytes, data=lambda: None, summary=summary,
                                             done=free))

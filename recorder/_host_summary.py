@@ -20,14 +20,14 @@ import threading
 import numpy as np
 import torch
 
+import tracefmt
 from tracefmt import HIST_BINS
 
 from ._cow import host_array
 
-__all__ = ["finite_summary_vector", "bincount_u8", "CHUNK"]
+__all__ = ["finite_summary", "finite_summary_vector", "bincount_u8", "CHUNK"]
 
 CHUNK = 1 << 18  # elements: 1 MB of float32 plus its scratch fits a 2 MB L2 with room to spare
-_HEADER = 9
 _BATCH_COLS = 4
 _MAX_BATCH = 4096
 _SMALL = 1 << 12  # elements: below this, one float64 numpy pass per statistic
@@ -36,9 +36,9 @@ _ROW_LOOP = 64  # rows up to which counting each row's bytes beats numpy's axis 
 _local = threading.local()
 
 
-def finite_summary_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
-    """The float64 summary vector of ``x`` (``summary_vector``'s layout), or None if ``x``
-    holds a NaN or an infinity (the caller's masked path handles those).
+def finite_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary | None:
+    """The summary of ``x``, or None if ``x`` holds a NaN or an infinity (the caller's masked
+    path handles those).
 
     ``f`` is ``x`` flattened, contiguous and in its compute dtype (float32 or float64).
     """
@@ -55,22 +55,30 @@ def finite_summary_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | No
     var = max(float(rsq.sum()) / n - mean * mean, 0.0)
     if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
         var = float(np.var(a, dtype=np.float64))
-    batch = min(rows_n, _MAX_BATCH) if x.dim() > 0 else 0
-    out = np.empty(_HEADER + HIST_BINS + _BATCH_COLS * batch)
-    out[:_HEADER] = (n, lo, hi, mean, math.sqrt(var), 0, 0, 0, n - int(rnz.sum()))
-    hist = out[_HEADER:_HEADER + HIST_BINS]
     if hi > lo:
-        hist[:] = _histogram(a.reshape(-1), lo, hi)
+        hist = tuple(_histogram(a.reshape(-1), lo, hi).tolist())
     else:
-        hist[:] = 0
-        hist[0] = n
-    if batch:
-        rows = out[_HEADER + HIST_BINS:].reshape(batch, _BATCH_COLS)
-        rows[:, 0] = np.sqrt(rsq[:batch])
-        rows[:, 1] = np.maximum(-rmin[:batch], rmax[:batch])
-        rows[:, 2] = 0
-        rows[:, 3] = width - rnz[:batch]
-    return torch.from_numpy(out)
+        hist = (n,) + (0,) * (HIST_BINS - 1)
+    b = min(rows_n, _MAX_BATCH) if x.dim() > 0 else 0
+    batch = np.empty((b, _BATCH_COLS))
+    if b:
+        np.sqrt(rsq[:b], out=batch[:, 0])
+        np.maximum(-rmin[:b], rmax[:b], out=batch[:, 1])
+        batch[:, 2] = 0
+        np.subtract(width, rnz[:b], out=batch[:, 3])
+    return tracefmt.TensorSummary(count=n, min=lo, max=hi, mean=mean, std=math.sqrt(var), nan=0,
+                                  posinf=0, neginf=0, zeros=n - int(rnz.sum()), hist=hist,
+                                  batch=batch)
+
+
+def finite_summary_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
+    """``finite_summary`` packed as ``summary_vector``'s float64 vector."""
+    s = finite_summary(x, f)
+    if s is None:
+        return None
+    head = (s.count, s.min, s.max, s.mean, s.std, 0, 0, 0, s.zeros)
+    return torch.from_numpy(np.concatenate([np.array(head + s.hist, dtype=np.float64),
+                                            s.batch.reshape(-1)]))
 
 
 _Moments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -117,7 +125,7 @@ def _combine(pieces: list[_Moments | None]) -> _Moments:
 
 def _chunk_moments(a: np.ndarray, t: torch.Tensor) -> _Moments | None:
     """Moments of the rows of one chunk; it is read from memory once and then from cache."""
-    rmin, rmax = a.min(axis=1), a.max(axis=1)
+    rmin, rmax = np.minimum.reduce(a, axis=1), np.maximum.reduce(a, axis=1)
     if not (math.isfinite(rmin.min()) and math.isfinite(rmax.max())):
         return None
     rsum = t.sum(dim=1).numpy().astype(np.float64)
@@ -145,7 +153,7 @@ def _nonzero_per_row(a: np.ndarray) -> np.ndarray:
 
 
 def _histogram(flat: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Bin counts of finite values over [lo, hi] (as float64), a chunk at a time.
+    """Bin counts of finite values over [lo, hi], a chunk at a time.
 
     The bin index is (x - lo) * bins / (hi - lo) truncated, in the values' precision, as
     bytes (index ``bins`` is x == hi, folded into the last bin). A span or scale outside
@@ -153,7 +161,7 @@ def _histogram(flat: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """
     if flat.size <= _SMALL:  # the reference's own float64 arithmetic, as cheap here
         idx = ((flat.astype(np.float64) - lo) * (HIST_BINS / (hi - lo))).astype(np.intp)
-        return np.bincount(np.minimum(idx, HIST_BINS - 1), minlength=HIST_BINS).astype(np.float64)
+        return np.bincount(np.minimum(idx, HIST_BINS - 1), minlength=HIST_BINS)
     wide = flat.dtype == np.float64 or not 1e-36 < hi - lo < 1e38
     dtype = np.float64 if wide else np.float32
     lo_s, scale = dtype(lo), dtype(HIST_BINS / (hi - lo))
@@ -166,7 +174,7 @@ def _histogram(flat: np.ndarray, lo: float, hi: float) -> np.ndarray:
         idx = _buffer("index", chunk.size, np.uint8)
         np.copyto(idx, scaled, casting="unsafe")  # in [0, bins] up to rounding
         counts += bincount_u8(idx, HIST_BINS + 1)
-    out = counts[:HIST_BINS].astype(np.float64)
+    out = counts[:HIST_BINS].copy()
     out[-1] += counts[HIST_BINS]
     return out
 

@@ -20,17 +20,17 @@ import torch
 import tracefmt
 from tracefmt import HIST_BINS
 
-from ._host_summary import finite_summary_vector
+from ._host_summary import finite_summary, finite_summary_vector
 
-__all__ = ["summary_vector", "device_summary", "unpack_summary", "HEADER"]
+__all__ = ["summary_vector", "host_summary", "device_summary", "unpack_summary", "HEADER"]
 
 HEADER = 9  # count, min, max, mean, std, nan, posinf, neginf, zeros
 _MAX_BATCH = 4096
 _BATCH_COLS = 4
 
 
-def summary_vector(t: torch.Tensor) -> torch.Tensor:
-    """The summary of ``t`` as a float64 vector: header, histogram, then batch rows."""
+def _prepared(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` detached (complex: its magnitude), and flattened in its compute dtype."""
     x = t.detach()
     if x.is_complex():
         x = x.abs()
@@ -39,13 +39,34 @@ def summary_vector(t: torch.Tensor) -> torch.Tensor:
     exact32 = (x.is_floating_point() and x.dtype != torch.float64) or x.dtype == torch.bool
     compute = torch.float32 if exact32 else torch.float64
     f = (x if x.dtype == compute else x.to(compute)).reshape(-1)
-    n = f.numel()
-    if not f.is_floating_point() or n == 0:
+    if not f.is_floating_point() or f.numel() == 0:
         f = f.to(torch.float32)
-    if f.device.type == "cpu" and n:
+    return x, f
+
+
+def host_summary(t: torch.Tensor) -> tracefmt.TensorSummary:
+    """The summary of CPU tensor ``t``; a finite one without the vector round trip."""
+    x, f = _prepared(t)
+    if f.numel():
+        fast = finite_summary(x, f)
+        if fast is not None:
+            return fast
+    return unpack_summary(_masked_vector(x, f).numpy())
+
+
+def summary_vector(t: torch.Tensor) -> torch.Tensor:
+    """The summary of ``t`` as a float64 vector: header, histogram, then batch rows."""
+    x, f = _prepared(t)
+    if f.device.type == "cpu" and f.numel():
         fast = finite_summary_vector(x, f)
         if fast is not None:
             return fast
+    return _masked_vector(x, f)
+
+
+def _masked_vector(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``summary_vector`` with torch ops on any device, NaN and infinities allowed."""
+    n = f.numel()
     finite = torch.isfinite(f)
     nan = torch.isnan(f).sum()
     posinf = (f == float("inf")).sum()

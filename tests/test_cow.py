@@ -76,10 +76,11 @@ class TestSummaryOfASnapshot:
     @pytest.mark.parametrize("shape", [(16, 64, 32), (3, 300_000), (9000, 3), ()])
     def test_summarising_does_not_copy(self, shape: tuple[int, ...]) -> None:
         """The CPU summary of a finite snapshot reads it in place, whatever its chunking."""
-        from recorder._summary import summary_vector
+        from recorder._summary import host_summary, summary_vector
 
         snap = lazy_snapshot(torch.randn(shape))
         summary_vector(snap)
+        host_summary(snap)
         assert is_copy_on_write(snap)
 
 
@@ -92,13 +93,13 @@ class TestRecordInPlaceWhileHeld:
         summary thread only reads the snapshot after ``mul_`` ran."""
         import recorder._capture as capture
 
-        real = capture.summary_vector
+        real = capture.host_summary
 
-        def late(t: torch.Tensor) -> torch.Tensor:
+        def late(t: torch.Tensor) -> tracefmt.TensorSummary:
             time.sleep(0.05)
             return real(t)
 
-        monkeypatch.setattr(capture, "summary_vector", late)
+        monkeypatch.setattr(capture, "host_summary", late)
         torch.manual_seed(0)
         lin = nn.Linear(4, 6)
         model = nn.Sequential(lin)

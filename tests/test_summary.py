@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 from _summary_cases import summary_cases
@@ -29,6 +32,26 @@ class TestSummaryVector:
         got = unpack_summary(summary_vector(CASES["squares-past-float32"]).numpy())
         assert torch.isfinite(torch.from_numpy(got.batch[:, 0])).all()
         assert 1e24 < got.std < 1e26
+
+
+class TestHostSummary:
+    @pytest.mark.parametrize("name", list(CASES))
+    def test_matches_the_reference_summary(self, name: str) -> None:
+        """The CPU summary the recorder stores, finite or not, agrees with the reference."""
+        from recorder._summary import host_summary
+
+        t = CASES[name]
+        assert_summary_close(host_summary(t), tracefmt.compute_summary(t.float().numpy()), name)
+
+    @pytest.mark.parametrize("name", list(CASES))
+    def test_equals_the_vector_form(self, name: str) -> None:
+        """``host_summary`` and the unpacked ``summary_vector`` are the same summary."""
+        from recorder._summary import host_summary, summary_vector, unpack_summary
+
+        t = CASES[name]
+        got, packed = host_summary(t), unpack_summary(summary_vector(t).numpy())
+        np.testing.assert_array_equal(got.batch, packed.batch)
+        assert got == dataclasses.replace(packed, batch=got.batch), name
 
 
 class TestBincountU8:
