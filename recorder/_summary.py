@@ -20,7 +20,7 @@ import torch
 import tracefmt
 from tracefmt import HIST_BINS
 
-from ._host_summary import finite_summary, finite_summary_vector
+from ._host_summary import finite_summary, finite_summary_vector, masked_summary
 
 __all__ = ["summary_vector", "host_summary", "device_summary", "unpack_summary", "HEADER"]
 
@@ -47,11 +47,9 @@ def _prepared(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def host_summary(t: torch.Tensor) -> tracefmt.TensorSummary:
     """The summary of CPU tensor ``t``; a finite one without the vector round trip."""
     x, f = _prepared(t)
-    if f.numel():
-        fast = finite_summary(x, f)
-        if fast is not None:
-            return fast
-    return unpack_summary(_masked_vector(x, f).numpy())
+    if not f.numel():
+        return unpack_summary(_masked_vector(x, f).numpy())
+    return finite_summary(x, f) or masked_summary(x, f)
 
 
 def summary_vector(t: torch.Tensor) -> torch.Tensor:

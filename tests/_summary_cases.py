@@ -27,4 +27,6 @@ def summary_cases() -> dict[str, torch.Tensor]:
         "long-rows": torch.randn(2, 9000, generator=g),
         "all-nan-row": torch.tensor([[float("nan"), float("nan")], [1.0, 2.0]]),
         "squares-past-float32": torch.randn(3, 400, generator=g) * 1e25,
+        "causal-scores": torch.randn(3, 2, 8, 8, generator=g).masked_fill(
+            torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf")),
     }
