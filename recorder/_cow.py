@@ -44,7 +44,7 @@ def lazy_snapshot(t: torch.Tensor) -> torch.Tensor | None:
         return None
     if t.storage_offset() or t.numel() * t.element_size() != t.untyped_storage().nbytes():
         return None
-    return _lazy_clone(t.detach())
+    return _lazy_clone(t.detach() if t.requires_grad else t)  # the recorder's are detached
 
 
 def is_copy_on_write(t: torch.Tensor) -> bool:
