@@ -50,6 +50,11 @@ def _current(key: tuple, t: torch.Tensor | None) -> bool:
 
 
 
+# const where torch has it: a mutable pointer would make a copy-on-write snapshot's source copy
+# itself (a torch without it takes no such snapshots)
+_data_ptr = getattr(torch.Tensor, "const_data_ptr", torch.Tensor.data_ptr)
+
+
 def _summarised_on_device(t: torch.Tensor) -> bool:
     return t.is_cuda
 
@@ -180,8 +185,7 @@ class TensorCapture:
         nbytes = numel * t.element_size()
         self.bytes_referenced += nbytes
         key = (  # torch.Size and stride() are tuples already
-            t.const_data_ptr() if numel else id(t),  # const: a mutable pointer would make a
-            # copy-on-write snapshot's source copy itself
+            _data_ptr(t) if numel else id(t),
             t.storage_offset(), t.shape, t.stride(), t.dtype, t.device, t._version, persistent,
         )
         hit = self._seen.get(key)

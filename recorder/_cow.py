@@ -9,8 +9,8 @@ snapshot would have cost. Reads must not ask for a mutable pointer, which would 
 clone copy itself: torch reductions read through const pointers, and ``host_array`` gives
 numpy the same.
 
-Where torch has no ``_lazy_clone`` (older than 2.2), ``lazy_snapshot`` returns None and the
-caller copies eagerly.
+Where torch has no ``_lazy_clone`` or no ``Tensor.const_data_ptr`` (older releases),
+``lazy_snapshot`` returns None and the caller copies eagerly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ __all__ = ["lazy_snapshot", "host_array", "is_copy_on_write"]
 
 _lazy_clone: Any = getattr(torch, "_lazy_clone", None)
 _is_cow: Any = getattr(torch._C, "_is_cow_tensor", None)
+if not hasattr(torch.Tensor, "const_data_ptr"):  # such a torch cannot be read without copying
+    _lazy_clone = None
 
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16,
@@ -59,7 +61,7 @@ def host_array(t: torch.Tensor) -> np.ndarray:
     The view keeps ``t`` alive, as ``Tensor.numpy`` does.
     """
     dtype = _NUMPY.get(t.dtype)
-    if dtype is None or not t.is_contiguous() or t.numel() == 0:
+    if dtype is None or _lazy_clone is None or not t.is_contiguous() or t.numel() == 0:
         return t.numpy()
     nbytes = t.numel() * t.element_size()
     raw = (ctypes.c_char * nbytes).from_address(t.const_data_ptr())

@@ -85,13 +85,19 @@ class TestSummaryOfASnapshot:
 
 
 class TestRecordInPlaceWhileHeld:
+    @pytest.mark.parametrize("lazy", [True, False], ids=["copy-on-write", "eager-copy"])
     @pytest.mark.parametrize("mode", ["stats", "full"])
     def test_output_doubled_before_the_snapshot_is_read(
-        self, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, mode: str, lazy: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """``y = lin(x); y.mul_(2)`` records lin's output before the doubling, even when the
-        summary thread only reads the snapshot after ``mul_`` ran."""
+        summary thread only reads the snapshot after ``mul_`` ran; with copy-on-write, and
+        with the pooled copies a torch without ``_lazy_clone`` gets."""
         import recorder._capture as capture
+        import recorder._cow as cow
+
+        if not lazy:
+            monkeypatch.setattr(cow, "_lazy_clone", None)
 
         real = capture.host_summary
 
