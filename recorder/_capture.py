@@ -3,9 +3,10 @@
 A snapshot is taken at once (a later in-place op must not change what was recorded): CPU
 tensors are snapshotted copy-on-write (``_cow``; copied into reused host buffers where torch
 cannot) and summarised on the summary thread, in both modes, so the training thread pays for
-a copy only when the model writes into a tensor whose snapshot is still held; CUDA tensors are cloned and summarised on
-the compute stream (fast, device memory) and, in full mode, copied to pinned host memory on a
-side stream, so the compute stream never waits for the host. The same tensor seen twice in a
+a copy only when the model writes into a tensor whose snapshot is still held; CUDA tensors
+are cloned and summarised on the compute stream (fast, device memory) and, in full mode,
+copied to pinned host memory on a side stream, so the compute stream never waits for the
+host. The same tensor seen twice in a
 step (a module's output is the next module's input) is stored once: the key is storage
 pointer, offset, shape, strides, dtype and version counter, validated by a weak reference to
 the first tensor so recycled memory is never mistaken for the same data.
@@ -46,8 +47,6 @@ def _current(key: tuple, t: torch.Tensor | None) -> bool:
     (versions only grow, so a weight's key from before an optimizer step never matches
     again; kept, they piled up by the model's parameter count every step)."""
     return t is not None and t._version == key[-2]
-
-
 
 
 # const where torch has it: a mutable pointer would make a copy-on-write snapshot's source copy

@@ -1,11 +1,11 @@
 """Copy-on-write snapshots of CPU tensors, and reading them without the copy.
 
-A stats-mode snapshot only has to outlive a later in-place op on the live tensor until the
-summary thread has read it. ``torch._lazy_clone`` gives that without copying: the clone
+A snapshot only has to outlive a later in-place op on the live tensor until the summary
+thread (in full capture, the writer) has read it. ``torch._lazy_clone`` gives that without copying: the clone
 shares the storage, and whichever side writes first (in practice the model, with an in-place
 op) gets its own copy at that moment. A model that does not write into a recorded tensor
-while its summary is pending never pays for a copy; one that does pays what an eager
-snapshot would have cost. Reads must not ask for a mutable pointer, which would make the
+while its snapshot is held never pays for a copy; one that does pays what an eager snapshot
+would have cost. Reads must not ask for a mutable pointer, which would make the
 clone copy itself: torch reductions read through const pointers, and ``host_array`` gives
 numpy the same.
 

@@ -1,15 +1,17 @@
-"""The summary of a finite CPU tensor, computed in cache-sized chunks.
+"""The summary of a CPU tensor, read in cache-sized chunks.
 
 On the CPU a summary is bound by memory traffic, not arithmetic: it needs about ten passes
 (min, max, sum, squares, zero count, bin index, cast, count), and a tensor larger than the
 L2 cache pays main memory for each. Here the tensor is read in chunks of ``CHUNK`` elements
 that stay in L2, twice: once for the per-row moments and counts, once for the histogram,
 whose bins need the global range first. Each pass uses whichever of numpy and torch runs it
-fastest on one thread, and the output vector is filled in numpy, so a small tensor costs
-tens of microseconds of bookkeeping rather than hundreds.
+fastest on one thread, and the result is built in numpy, so a small tensor costs tens of
+microseconds of bookkeeping rather than hundreds. Tensors under ``_SMALL`` elements take
+plain float64 numpy; those holding NaN or infinities take ``masked_summary``.
 
 The histogram bins in the tensor's compute precision (float32 for float32 and narrower),
-which the spec allows at bin edges.
+which the spec allows at bin edges. Every read goes through ``host_array``: the tensor may be
+a copy-on-write snapshot, which ``Tensor.numpy`` would make copy itself.
 """
 
 from __future__ import annotations

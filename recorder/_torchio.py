@@ -48,8 +48,8 @@ def supported(t: torch.Tensor) -> bool:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """Values of a CPU tensor as the trace's stored numpy view (C order, read-only, shares
-    memory if it can; a copy-on-write snapshot is read without copying it)."""
+    """Values of a CPU tensor as the trace's stored numpy view (C order, shares memory if it
+    can, then read-only; a copy-on-write snapshot is read without copying it)."""
     t = t.detach()
     if t.dtype == torch.bool:
         return host_array(t.contiguous())
