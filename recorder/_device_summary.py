@@ -30,7 +30,7 @@ from tracefmt import HIST_BINS
 __all__ = ["SUPPORTED", "raw_summary", "raw_summary_many", "unpack_raw", "unpack_raw_many"]
 
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_BATCH = 4096
+_MAX_BATCH = tracefmt.MAX_BATCH_STATS
 _TILE = 4096  # elements per program
 _HIST_SLOTS = 64  # tl.histogram wants a power of two: bins, then one slot for non-finite
 _GLOBAL = 8  # min, max, shifted sum, shifted sum of squares, shift, (unused) x3

@@ -23,19 +23,24 @@ import numpy as np
 import torch
 
 import tracefmt
-from tracefmt import HIST_BINS
+from tracefmt import BATCH_STAT_COLUMNS, HIST_BINS, MAX_BATCH_STATS
 
 from ._cow import host_array
 
 __all__ = ["finite_summary", "masked_summary", "finite_summary_vector", "bincount_u8", "CHUNK"]
 
 CHUNK = 1 << 18  # elements: 1 MB of float32 plus its scratch fits a 2 MB L2 with room to spare
-_BATCH_COLS = 4
-_MAX_BATCH = 4096
 _SMALL = 1 << 12  # elements: below this, one float64 numpy pass per statistic
 _ROW_LOOP = 64  # rows up to which counting each row's bytes beats numpy's axis reduction
 
 _local = threading.local()
+
+
+def _rows(x: torch.Tensor, f: torch.Tensor) -> np.ndarray:
+    """``f`` as (batch rows, the rest): one row for a 0-d tensor or an empty first dimension.
+    Read through ``host_array``: ``f`` may be a copy-on-write snapshot."""
+    rows_n = x.shape[0] if x.dim() > 0 and x.shape[0] > 0 else 1
+    return host_array(f).reshape(rows_n, f.numel() // rows_n)
 
 
 def finite_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary | None:
@@ -45,9 +50,8 @@ def finite_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary |
     ``f`` is ``x`` flattened, contiguous and in its compute dtype (float32 or float64).
     """
     n = f.numel()
-    rows_n = x.shape[0] if x.dim() > 0 and x.shape[0] > 0 else 1
-    width = n // rows_n
-    a = host_array(f).reshape(rows_n, width)  # f may be a copy-on-write snapshot: read only
+    a = _rows(x, f)
+    rows_n, width = a.shape
     moments = _small_moments(a) if n <= _SMALL else _row_moments(a, f.view(rows_n, width))
     if moments is None:
         return None
@@ -57,12 +61,9 @@ def finite_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary |
     var = max(float(rsq.sum()) / n - mean * mean, 0.0)
     if var <= 1e-6 * mean * mean:  # cancellation: E[x^2] and mean^2 agree to ~6 digits
         var = float(np.var(a, dtype=np.float64))
-    if hi > lo:
-        hist = tuple(_histogram(a.reshape(-1), lo, hi).tolist())
-    else:
-        hist = (n,) + (0,) * (HIST_BINS - 1)
-    b = min(rows_n, _MAX_BATCH) if x.dim() > 0 else 0
-    batch = np.empty((b, _BATCH_COLS))
+    hist = tuple(_histogram(a.reshape(-1), lo, hi).tolist())
+    b = min(rows_n, MAX_BATCH_STATS) if x.dim() > 0 else 0
+    batch = np.empty((b, len(BATCH_STAT_COLUMNS)))
     if b:
         np.sqrt(rsq[:b], out=batch[:, 0])
         np.maximum(-rmin[:b], rmax[:b], out=batch[:, 1])
@@ -78,9 +79,8 @@ def masked_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary:
     -inf makes every attention score tensor one. Whole-tensor passes with temporaries, as
     the torch path has, but a few numpy calls instead of two dozen torch ones."""
     n = f.numel()
-    rows_n = x.shape[0] if x.dim() > 0 and x.shape[0] > 0 else 1
-    width = n // rows_n
-    a = host_array(f).reshape(rows_n, width)
+    a = _rows(x, f)
+    rows_n, width = a.shape
     finite = np.isfinite(a)
     n_finite = np.count_nonzero(finite)
     nan = np.count_nonzero(np.isnan(a))
@@ -91,13 +91,12 @@ def masked_summary(x: torch.Tensor, f: torch.Tensor) -> tracefmt.TensorSummary:
         lo, hi = float(values.min()), float(values.max())
         v64 = values.astype(np.float64)
         mean, std = float(v64.mean()), float(v64.std())
-        hist = tuple(_histogram(values, lo, hi).tolist()) if hi > lo else \
-            (values.size,) + (0,) * (HIST_BINS - 1)
+        hist = tuple(_histogram(values, lo, hi).tolist())
     else:
         lo = hi = mean = std = math.nan
         hist = (0,) * HIST_BINS
-    b = min(rows_n, _MAX_BATCH) if x.dim() > 0 else 0
-    batch = np.empty((b, _BATCH_COLS))
+    b = min(rows_n, MAX_BATCH_STATS) if x.dim() > 0 else 0
+    batch = np.empty((b, len(BATCH_STAT_COLUMNS)))
     if b:
         clean = np.where(finite[:b], a[:b], 0).astype(np.float64)
         batch[:, 0] = np.sqrt(np.einsum("ij,ij->i", clean, clean))
@@ -195,8 +194,12 @@ def _histogram(flat: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
     The bin index is (x - lo) * bins / (hi - lo) truncated, in the values' precision, as
     bytes (index ``bins`` is x == hi, folded into the last bin). A span or scale outside
-    float32's range is binned in float64.
+    float32's range is binned in float64. A constant tensor (hi == lo) fills bin 0.
     """
+    if hi <= lo:
+        counts = np.zeros(HIST_BINS, dtype=np.int64)
+        counts[0] = flat.size
+        return counts
     if flat.size <= _SMALL:  # the reference's own float64 arithmetic, as cheap here
         idx = ((flat.astype(np.float64) - lo) * (HIST_BINS / (hi - lo))).astype(np.intp)
         return np.bincount(np.minimum(idx, HIST_BINS - 1), minlength=HIST_BINS)

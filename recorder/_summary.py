@@ -25,8 +25,8 @@ from ._host_summary import finite_summary, finite_summary_vector, masked_summary
 __all__ = ["summary_vector", "host_summary", "device_summary", "unpack_summary", "HEADER"]
 
 HEADER = 9  # count, min, max, mean, std, nan, posinf, neginf, zeros
-_MAX_BATCH = 4096
-_BATCH_COLS = 4
+_MAX_BATCH = tracefmt.MAX_BATCH_STATS
+_BATCH_COLS = len(tracefmt.BATCH_STAT_COLUMNS)
 
 
 def _prepared(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,16 @@ from ._errors import (
     UnsupportedVersionError,
     UsageError,
 )
-from ._layout import FORMAT_MAJOR, FORMAT_MINOR, FORMAT_NAME, HIST_BINS, MAX_NDIM, EventKind
+from ._layout import (
+    BATCH_STAT_COLUMNS,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    FORMAT_NAME,
+    HIST_BINS,
+    MAX_BATCH_STATS,
+    MAX_NDIM,
+    EventKind,
+)
 from ._reader import TraceReader, open_trace
 from ._records import (
     BackwardRecord,
@@ -58,6 +67,7 @@ from ._validate import ValidationReport, validate_trace
 from ._writer import COMPRESSIONS, TraceWriter
 
 __all__ = [
+    "BATCH_STAT_COLUMNS",
     "BackwardRecord",
     "COMPRESSIONS",
     "CallRecord",
@@ -71,6 +81,7 @@ __all__ = [
     "IncompleteTraceError",
     "IntegrityError",
     "MASKED_SCALE_DTYPES",
+    "MAX_BATCH_STATS",
     "MAX_NDIM",
     "ModuleInfo",
     "NotATraceError",
